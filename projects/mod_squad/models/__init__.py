@@ -1,0 +1,3 @@
+from .backbones import ModSquadViT, SimplePyramid
+
+__all__ = ['ModSquadViT', 'SimplePyramid']

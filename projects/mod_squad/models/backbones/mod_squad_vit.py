@@ -1,0 +1,345 @@
+"""ModSquadViT: a vision transformer whose blocks are task-routed mixtures of experts."""
+import math
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks.transformer import PatchEmbed
+from mmengine.logging import MMLogger
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from mmengine.runner.checkpoint import CheckpointLoader
+from mmpretrain.models.utils import resize_pos_embed
+
+from mod_squad.moe import MoEAuxLossConfig
+from mod_squad.registry import register_model
+from .mod_squad_block import ModSquadBlock
+from .simple_pyramid import SimplePyramid
+from .vit_checkpoint import convert_to_mod_squad
+
+
+@register_model()
+class ModSquadViT(BaseModule):
+    """Mod-Squad vision transformer: MoE MLPs and mixtures of attention heads routed
+    per task (Chen et al., CVPR 2023; "An Efficient General-Purpose Modular Vision
+    Model via Multi-Task Heterogeneous Training", 2023).
+
+    Every mixture has one router per task; the task of a forward is given by the
+    ``task`` argument or :meth:`set_task` (the only task by default). Dense parts keep
+    mmpretrain ``VisionTransformer`` parameter names, so a dense ViT checkpoint
+    (mmpretrain, timm/DeiT or MAE keys) upcycles into it (``init_cfg=dict(
+    type='Pretrained', checkpoint=...)``).
+
+    Args:
+        arch (str | dict): ``'tiny'``, ``'small'``, ``'base'``, ``'large'`` or a dict
+            with ``embed_dims``, ``num_layers``, ``num_heads``, ``feedforward_channels``.
+        task_names (Sequence[str]): Tasks with their own routers (and task embedding).
+        img_size (int | tuple): Size the position embedding is stored at; any input
+            size works (the embedding is interpolated).
+        patch_size (int): Patch size (stride of the token grid). Defaults to 16.
+        out_indices (int | Sequence[int]): Blocks whose output is returned.
+        out_type (str): ``'cls_token'`` (B, C) or ``'avg_featmap'`` (B, C) for
+            classification heads, ``'featmap'`` (B, C, H/16, W/16) for an external
+            neck, ``'pyramid'`` for strides 4/8/16/32 (B, C, H/s, W/s) from the
+            built-in :class:`SimplePyramid`, ``'raw'`` (B, N, C).
+        moe_layers (str | dict): Which blocks hold mixtures: ``'alternate'`` (MoA on
+            even blocks, MoE MLP on odd, as Mod-Squad), ``'mlp'`` (MoE MLP in every
+            block), ``'none'``, or ``dict(moa=[...], mlp=[...])``.
+        num_experts (int): MLP experts per MoE MLP. Defaults to 16.
+        top_k (int): Experts per token in an MoE MLP. Defaults to 4.
+        expert_hidden (int, optional): Hidden width of an MLP expert
+            (default: ``feedforward_channels // top_k``, so k experts cost one MLP).
+        num_attn_experts (int, optional): Head experts per MoA (default: 2 x heads).
+        attn_top_k (int, optional): Heads per token in an MoA (default: heads).
+        router_hidden (int, optional): Hidden width of 2-layer MLP routers; None for
+            linear routers.
+        noisy_gating (bool): Noisy top-k gating during training.
+        renormalize_gates (bool): Renormalise the gates over the chosen experts.
+        zero_init_router (bool): Zero-initialised routers (Mod-Squad default).
+        task_embed (bool): A learned per-task embedding added before each block.
+        aux_loss_cfg (dict, optional): :class:`mod_squad.moe.MoEAuxLossConfig`
+            fields (mutual-information loss form and weight, switch and z losses).
+        window_size (int): Window attention in all blocks but ``global_attn_indexes``
+            (ViTDet); 0 for global attention everywhere. Needs ``with_cls_token=False``.
+        pyramid_scales (Sequence[float]): Scales of the ``'pyramid'`` output.
+        with_cp (bool): Non-reentrant activation checkpointing of every block.
+    """
+    arch_zoo = {
+        'tiny': dict(embed_dims=192, num_layers=12, num_heads=3,
+                     feedforward_channels=768),
+        'small': dict(embed_dims=384, num_layers=12, num_heads=6,
+                      feedforward_channels=1536),
+        'base': dict(embed_dims=768, num_layers=12, num_heads=12,
+                     feedforward_channels=3072),
+        'large': dict(embed_dims=1024, num_layers=24, num_heads=16,
+                      feedforward_channels=4096),
+    }
+    DEFAULT_INIT_CFG = [
+        dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.),
+        dict(type='Kaiming', layer='Conv2d', mode='fan_in', nonlinearity='linear'),
+    ]
+    OUT_TYPES = ('raw', 'cls_token', 'featmap', 'avg_featmap', 'pyramid')
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'base',
+                 task_names: Sequence[str] = ('default', ),
+                 img_size: Union[int, Tuple[int, int]] = 224,
+                 patch_size: int = 16,
+                 in_channels: int = 3,
+                 out_indices: Union[int, Sequence[int]] = -1,
+                 out_type: str = 'cls_token',
+                 with_cls_token: bool = True,
+                 final_norm: bool = True,
+                 moe_layers: Union[str, dict] = 'alternate',
+                 num_experts: int = 16,
+                 top_k: int = 4,
+                 expert_hidden: Optional[int] = None,
+                 num_attn_experts: Optional[int] = None,
+                 attn_top_k: Optional[int] = None,
+                 router_hidden: Optional[int] = None,
+                 noisy_gating: bool = False,
+                 renormalize_gates: bool = False,
+                 zero_init_router: bool = True,
+                 task_embed: bool = True,
+                 aux_loss_cfg: Optional[dict] = None,
+                 drop_rate: float = 0.,
+                 attn_drop_rate: float = 0.,
+                 drop_path_rate: float = 0.,
+                 qkv_bias: bool = True,
+                 window_size: int = 0,
+                 global_attn_indexes: Sequence[int] = (),
+                 pyramid_scales: Sequence[float] = (4, 2, 1, 0.5),
+                 with_cp: bool = False,
+                 interpolate_mode: str = 'bicubic',
+                 norm_cfg: dict = dict(type='LN', eps=1e-6),
+                 init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=init_cfg or self.DEFAULT_INIT_CFG)
+        self.arch_settings = self._arch_settings(arch)
+        embed_dims = self.embed_dims = self.arch_settings['embed_dims']
+        num_layers = self.num_layers = self.arch_settings['num_layers']
+        num_heads = self.arch_settings['num_heads']
+        feedforward_channels = self.arch_settings['feedforward_channels']
+
+        if len(task_names) == 0 or len(set(task_names)) != len(task_names):
+            raise ValueError(f'task_names must be unique and non-empty, got '
+                             f'{list(task_names)}.')
+        self.task_names = tuple(task_names)
+        self._task = self.task_names[0]
+        if out_type not in self.OUT_TYPES:
+            raise ValueError(f'Unsupported out_type {out_type!r}, choose from '
+                             f'{self.OUT_TYPES}.')
+        self.out_type = out_type
+        if window_size > 0 and with_cls_token:
+            raise ValueError('Window attention works on the patch grid only: set '
+                             'with_cls_token=False with window_size > 0.')
+        if out_type == 'cls_token' and not with_cls_token:
+            raise ValueError('out_type="cls_token" needs with_cls_token=True.')
+
+        self.patch_embed = PatchEmbed(
+            in_channels=in_channels,
+            embed_dims=embed_dims,
+            conv_type='Conv2d',
+            kernel_size=patch_size,
+            stride=patch_size,
+            input_size=img_size)
+        self.patch_resolution = self.patch_embed.init_out_size
+        self.num_extra_tokens = int(with_cls_token)
+        self.cls_token = nn.Parameter(torch.zeros(
+            1, 1, embed_dims)) if with_cls_token else None
+        self.interpolate_mode = interpolate_mode
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, self.num_extra_tokens + math.prod(self.patch_resolution),
+                        embed_dims))
+        self.drop_after_pos = nn.Dropout(p=drop_rate)
+        self.task_embed = nn.Parameter(torch.zeros(
+            len(task_names), num_layers, embed_dims)) if task_embed else None
+
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        self.out_indices = [i % num_layers for i in out_indices]
+        if any(not -num_layers <= i < num_layers for i in out_indices):
+            raise ValueError(f'out_indices {list(out_indices)} out of range for '
+                             f'{num_layers} layers.')
+
+        moa_layers, mlp_layers = self._moe_layout(moe_layers, num_layers)
+        moa = dict(
+            num_experts=num_attn_experts or 2 * num_heads,
+            top_k=attn_top_k or num_heads)
+        moe_mlp = dict(
+            num_experts=num_experts,
+            top_k=top_k,
+            hidden_features=expert_hidden or feedforward_channels // top_k)
+        router = dict(
+            router_hidden=router_hidden,
+            noisy_gating=noisy_gating,
+            renormalize=renormalize_gates,
+            zero_init_router=zero_init_router,
+            aux_cfg=MoEAuxLossConfig(**(aux_loss_cfg or {})))
+        dpr = torch.linspace(0, drop_path_rate, num_layers).tolist()
+        self.layers = nn.ModuleList(
+            ModSquadBlock(
+                embed_dims,
+                num_heads,
+                feedforward_channels,
+                task_names=self.task_names,
+                moa=moa if i in moa_layers else None,
+                moe_mlp=moe_mlp if i in mlp_layers else None,
+                router=router,
+                window_size=0 if i in global_attn_indexes else window_size,
+                drop_rate=drop_rate,
+                attn_drop_rate=attn_drop_rate,
+                drop_path_rate=dpr[i],
+                qkv_bias=qkv_bias,
+                norm_cfg=norm_cfg) for i in range(num_layers))
+        self.with_cp = with_cp
+        self.final_norm = final_norm
+        if final_norm:
+            self.ln1 = build_norm_layer(norm_cfg, embed_dims)[1]
+        if out_type == 'avg_featmap':
+            self.ln2 = build_norm_layer(norm_cfg, embed_dims)[1]
+        if out_type == 'pyramid':
+            self.pyramid = SimplePyramid(embed_dims, pyramid_scales)
+
+    @classmethod
+    def _arch_settings(cls, arch) -> dict:
+        keys = {'embed_dims', 'num_layers', 'num_heads', 'feedforward_channels'}
+        if isinstance(arch, str):
+            if arch not in cls.arch_zoo:
+                raise ValueError(f'Unknown arch {arch!r}, choose from '
+                                 f'{sorted(cls.arch_zoo)} or give a dict.')
+            return dict(cls.arch_zoo[arch])
+        if not isinstance(arch, dict) or set(arch) != keys:
+            raise ValueError(f'A custom arch must be a dict with keys {sorted(keys)}.')
+        return dict(arch)
+
+    @staticmethod
+    def _moe_layout(moe_layers, num_layers) -> Tuple[set, set]:
+        """(blocks with MoA, blocks with an MoE MLP)."""
+        if moe_layers == 'alternate':
+            return set(range(0, num_layers, 2)), set(range(1, num_layers, 2))
+        if moe_layers == 'mlp':
+            return set(), set(range(num_layers))
+        if moe_layers == 'none':
+            return set(), set()
+        if isinstance(moe_layers, dict) and set(moe_layers) <= {'moa', 'mlp'}:
+            return (set(i % num_layers for i in moe_layers.get('moa', ())),
+                    set(i % num_layers for i in moe_layers.get('mlp', ())))
+        raise ValueError(f"moe_layers must be 'alternate', 'mlp', 'none' or "
+                         f"dict(moa=[...], mlp=[...]), got {moe_layers!r}.")
+
+    # --- task selection -------------------------------------------------------
+    @property
+    def task(self) -> str:
+        """The task whose routers the next forward without ``task`` uses."""
+        return self._task
+
+    def set_task(self, task: str) -> None:
+        self._task = self._check_task(task)
+
+    def _check_task(self, task: str) -> str:
+        if task not in self.task_names:
+            raise ValueError(f'Unknown task {task!r}; this ModSquadViT has tasks '
+                             f'{list(self.task_names)}.')
+        return task
+
+    # --- weights ---------------------------------------------------------------
+    def init_weights(self):
+        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
+            self.load_pretrained(
+                self.init_cfg['checkpoint'],
+                expand_experts=self.init_cfg.get('expand_experts', False))
+            return
+        super().init_weights()
+        trunc_normal_(self.pos_embed, std=0.02)
+
+    def load_pretrained(self, checkpoint: Union[str, dict],
+                        expand_experts: bool = False) -> None:
+        """Load a dense ViT (upcycled) or a ModSquadViT checkpoint.
+
+        Args:
+            checkpoint (str | dict): Path/URL of a checkpoint, or a state dict.
+            expand_experts (bool): Allow a MoE checkpoint with fewer experts than
+                this model; the extra experts copy existing ones.
+        """
+        logger = MMLogger.get_current_instance()
+        if isinstance(checkpoint, str):
+            logger.info(f'ModSquadViT: loading {checkpoint}')
+            checkpoint = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+        state_dict, source = convert_to_mod_squad(
+            checkpoint, self, expand_experts=expand_experts)
+        missing, unexpected = self.load_state_dict(state_dict, strict=False)
+        logger.info(f'ModSquadViT: loaded a {source} checkpoint.')
+        if missing:
+            logger.warning('ModSquadViT: weights not in the checkpoint (left at '
+                           f'initialisation): {missing}')
+        if unexpected:
+            logger.warning(f'ModSquadViT: checkpoint weights not used: {unexpected}')
+
+    # --- forward ---------------------------------------------------------------
+    def forward(self, x: torch.Tensor,
+                task: Optional[str] = None) -> Tuple[torch.Tensor, ...]:
+        """x: (B, 3, H, W) images; returns one output per ``out_indices`` entry
+        (four for ``'pyramid'`` from one index), shaped by ``out_type``."""
+        task = self._check_task(task) if task is not None else self._task
+        B = x.shape[0]
+        x, hw = self.patch_embed(x)
+        if self.cls_token is not None:
+            x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)
+        x = x + resize_pos_embed(
+            self.pos_embed,
+            self.patch_resolution,
+            hw,
+            mode=self.interpolate_mode,
+            num_extra_tokens=self.num_extra_tokens)
+        x = self.drop_after_pos(x)
+        task_embed = None
+        if self.task_embed is not None:
+            task_embed = self.task_embed[self.task_names.index(task)]
+
+        outs = []
+        for i, layer in enumerate(self.layers):
+            if task_embed is not None:
+                x = x + task_embed[i]
+            if self.with_cp and x.requires_grad:
+                x = cp.checkpoint(layer, x, task, hw, use_reentrant=False)
+            else:
+                x = layer(x, task, hw)
+            if i == self.num_layers - 1 and self.final_norm:
+                x = self.ln1(x)
+            if i in self.out_indices:
+                outs.append(self._format_output(x, hw))
+        if self.out_type == 'pyramid':
+            return self.pyramid(outs)
+        return tuple(outs)
+
+    def _format_output(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        if self.out_type == 'raw':
+            return x
+        if self.out_type == 'cls_token':
+            return x[:, 0]
+        patch_tokens = x[:, self.num_extra_tokens:]
+        if self.out_type == 'avg_featmap':
+            return self.ln2(patch_tokens.mean(dim=1))
+        # (B, H*W, C) -> (B, C, H, W)
+        return patch_tokens.transpose(1, 2).reshape(x.shape[0], -1, *hw)
+
+    def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
+        """Layer depth of a parameter for layer-wise learning-rate decay (the
+        interface of mmpretrain's ``LearningRateDecayOptimWrapperConstructor``).
+
+        Returns:
+            (depth, num_depths): 0 for the stem, ``i + 1`` for block i, last for
+            everything after the blocks.
+        """
+        num_depths = self.num_layers + 2
+        if not param_name.startswith(prefix):
+            return num_depths - 1, num_depths
+        name = param_name[len(prefix):]
+        if name in ('cls_token', 'pos_embed', 'task_embed') or name.startswith(
+                'patch_embed'):
+            return 0, num_depths
+        if name.startswith('layers.'):
+            return int(name.split('.')[1]) + 1, num_depths
+        return num_depths - 1, num_depths

@@ -1,0 +1,32 @@
+"""Plain-PyTorch mixture-of-experts core of Mod-Squad (imports only torch).
+
+- :mod:`.router`: :class:`TaskRouter` (per-task top-k routers stacked in one parameter)
+  and :class:`RouterOutput`.
+- :mod:`.dispatch`: :class:`TokenDispatch`, dropless sort-by-expert reordering.
+- :mod:`.experts`: :func:`grouped_linear` (per-expert loop or ``torch._grouped_mm``) and
+  :class:`GroupedExperts`.
+- :mod:`.moe_mlp`: :class:`MoEMLP`; :mod:`.moa`: :class:`MoAttention`; both built on
+  :class:`RoutedLayer` (:mod:`.routed_layer`).
+- :mod:`.losses`: :class:`MoEAuxLossConfig`, :func:`collect_aux_losses`.
+- :mod:`.stats`: :class:`ExpertUsage` and readers of per-task expert usage.
+"""
+from .dispatch import TokenDispatch
+from .experts import GroupedExperts, grouped_linear, grouped_mm_supported
+from .losses import (MoEAuxLossConfig, RouterAuxLoss, collect_aux_losses,
+                     mutual_information_loss, switch_loss)
+from .moa import MoAttention
+from .moe_mlp import MoEMLP
+from .routed_layer import RoutedLayer
+from .router import RouterOutput, TaskRouter
+from .stats import (ExpertUsage, all_reduce_expert_usage, expert_usage_modules,
+                    num_experts_used, reset_expert_usage, stack_expert_usage,
+                    usage_entropy, usage_share)
+
+__all__ = [
+    'TaskRouter', 'RouterOutput', 'TokenDispatch', 'GroupedExperts', 'grouped_linear',
+    'grouped_mm_supported', 'RoutedLayer', 'MoEMLP', 'MoAttention',
+    'MoEAuxLossConfig', 'RouterAuxLoss', 'collect_aux_losses',
+    'mutual_information_loss', 'switch_loss', 'ExpertUsage', 'expert_usage_modules',
+    'stack_expert_usage', 'reset_expert_usage', 'all_reduce_expert_usage',
+    'usage_share', 'usage_entropy', 'num_experts_used'
+]

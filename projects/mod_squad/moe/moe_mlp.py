@@ -1,0 +1,59 @@
+"""Mixture-of-experts MLP with per-task routers and dropless dispatch."""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .dispatch import TokenDispatch
+from .experts import GroupedExperts
+from .losses import MoEAuxLossConfig
+from .routed_layer import RoutedLayer
+
+
+class MoEMLP(RoutedLayer):
+    """Each token goes through the k experts its task's router picks; the output is
+    the gate-weighted sum of their outputs. No capacity limit, no token dropped.
+
+    Parameters: ``router.*`` (see :class:`~.router.TaskRouter`), ``experts.w1 (E, C, H)``,
+    ``experts.b1 (E, H)``, ``experts.w2 (E, H, C)``, ``experts.b2 (E, C)``.
+
+    Args:
+        embed_dims (int): Token width C.
+        num_experts (int): E.
+        top_k (int): Experts k per token.
+        hidden_features (int): Hidden width H of each expert (Mod-Squad: the dense MLP
+            hidden / k, so that k experts cost one dense MLP).
+        task_names (Sequence[str]): Tasks with their own router.
+        act_layer (type): Expert activation. Defaults to ``nn.GELU``.
+        drop (float): Dropout after the activation and on the output.
+        router_hidden, noisy_gating, renormalize, zero_init_router, aux_cfg: See
+            :class:`~.routed_layer.RoutedLayer`.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_experts: int,
+                 top_k: int,
+                 hidden_features: int,
+                 task_names: Sequence[str],
+                 act_layer: type = nn.GELU,
+                 drop: float = 0.,
+                 router_hidden: Optional[int] = None,
+                 noisy_gating: bool = False,
+                 renormalize: bool = False,
+                 zero_init_router: bool = True,
+                 aux_cfg: Optional[MoEAuxLossConfig] = None):
+        super().__init__(embed_dims, num_experts, top_k, task_names, router_hidden,
+                         noisy_gating, renormalize, zero_init_router, aux_cfg)
+        self.embed_dims = embed_dims
+        self.experts = GroupedExperts(
+            num_experts, embed_dims, hidden_features, act_layer=act_layer, drop=drop)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:
+        """x: (..., C) tokens of ``task`` -> (..., C)."""
+        tokens = x.reshape(-1, self.embed_dims)
+        route = self.route(tokens, task)
+        dispatch = TokenDispatch(route.indices, self.num_experts)
+        y = self.experts(dispatch.gather(tokens), dispatch)
+        return self.drop(dispatch.combine(y, route.gates)).view(x.shape)

@@ -1,0 +1,85 @@
+"""MoAttention against a naive per-token reference (forward and all gradients)."""
+import pytest
+import torch
+
+from mod_squad.moe import MoAttention
+from moe_reference import GATE_EPS, assert_matches_reference, naive_moa, spread_router
+
+TASKS = ('cls', 'det')
+
+
+def _layer(num_experts, top_k, **kwargs):
+    torch.manual_seed(0)
+    layer = MoAttention(16, num_experts, top_k, 8, TASKS, **kwargs)
+    spread_router(layer)
+    with torch.no_grad():  # non-zero biases, so that their gradients are checked
+        for b in (layer.q_bias, layer.kv_proj.bias, layer.o_bias):
+            if b is not None:
+                b.normal_()
+    return layer
+
+
+@pytest.mark.parametrize('num_experts,top_k,shape,qkv_bias', [
+    (4, 2, (1, 1, 16), True),
+    (6, 3, (2, 5, 16), True),
+    (8, 2, (1, 3, 16), False),
+    (3, 3, (2, 4, 16), True),
+])
+def test_matches_per_token_reference(num_experts, top_k, shape, qkv_bias):
+    layer = _layer(num_experts, top_k, qkv_bias=qkv_bias)
+    assert_matches_reference(layer, naive_moa, torch.randn(shape), 'det')
+    if num_experts == 8:  # 3 tokens x 2 of 8 heads: some head got nobody
+        assert layer.usage.counts[1].eq(0).any()
+
+
+def test_all_heads_equal_dense_multi_query_attention():
+    layer = _layer(4, 4)
+    x = torch.randn(2, 5, 16)
+    probs = torch.softmax(x @ layer.router.weight[0] + layer.router.bias[0], -1)
+    k, v = layer.kv_proj(x).chunk(2, dim=-1)
+    dense = layer.o_bias
+    for e in range(4):
+        q = x @ layer.q_proj[e] + layer.q_bias[e]
+        attn = torch.softmax(q @ k.transpose(1, 2) / 8**0.5, -1)
+        dense = dense + (probs[..., e:e + 1] + GATE_EPS) * (attn @ v @ layer.o_proj[e])
+    torch.testing.assert_close(layer(x, 'cls'), dense, rtol=1e-5, atol=1e-5)
+
+
+def test_windows_are_independent_batches():
+    layer = _layer(4, 2)
+    x = torch.randn(3, 4, 16)
+    full = layer(x, 'cls')
+    torch.testing.assert_close(layer(x[1:2], 'cls'), full[1:2])
+
+
+def test_attention_dropout_only_in_training():
+    layer = _layer(4, 2, attn_drop=0.5)
+    x = torch.randn(2, 6, 16)
+    layer.eval()
+    torch.testing.assert_close(layer(x, 'cls'), layer(x, 'cls'))
+    layer.train()
+    assert not torch.allclose(layer(x, 'cls'), layer(x, 'cls'))
+
+
+def test_autocast_bf16():
+    layer = _layer(6, 3)
+    x = torch.randn(2, 5, 16)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = layer(x, 'det')
+    torch.testing.assert_close(y.float(), layer(x, 'det'), rtol=0.05, atol=0.05)
+
+
+def test_parameter_names_and_shapes():
+    layer = MoAttention(16, 6, 3, 8, TASKS)
+    assert layer.task_names == TASKS
+    shapes = {name: tuple(p.shape) for name, p in layer.named_parameters()}
+    assert shapes == {
+        'router.weight': (2, 16, 6),
+        'router.bias': (2, 6),
+        'q_proj': (6, 16, 8),
+        'q_bias': (6, 8),
+        'kv_proj.weight': (16, 16),
+        'kv_proj.bias': (16, ),
+        'o_proj': (6, 8, 16),
+        'o_bias': (16, ),
+    }

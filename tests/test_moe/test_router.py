@@ -1,0 +1,103 @@
+"""TaskRouter: per-task stacked routers, top-k, gates, fp32, noise, init."""
+import pytest
+import torch
+
+from mod_squad.moe import RouterOutput, TaskRouter
+from moe_reference import GATE_EPS, naive_route, spread_router
+
+TASKS = ('cls', 'det', 'seg')
+
+
+class Wrapped(torch.nn.Module):
+    """spread_router expects ``.router``."""
+
+    def __init__(self, router):
+        super().__init__()
+        self.router = router
+
+
+@pytest.mark.parametrize('hidden', [None, 12])
+@pytest.mark.parametrize('renormalize', [False, True])
+def test_routing_matches_per_token_reference(hidden, renormalize):
+    router = TaskRouter(8, 6, 3, TASKS, hidden_features=hidden, renormalize=renormalize)
+    spread_router(Wrapped(router))
+    x = torch.randn(10, 8)
+    out = router(x, 'det')
+    assert isinstance(out, RouterOutput)
+    assert out.probs.shape == (10, 6) and out.logits.shape == (10, 6)
+    assert out.indices.shape == (10, 3) and out.gates.shape == (10, 3)
+    for n in range(10):
+        idx, gates = naive_route(router, x[n].double(), 'det')
+        assert out.indices[n].tolist() == idx
+        torch.testing.assert_close(out.gates[n], gates.float())
+    torch.testing.assert_close(out.probs.sum(-1), torch.ones(10))
+    if renormalize:
+        torch.testing.assert_close(out.gates.sum(-1), torch.ones(10))
+
+
+def test_tasks_use_their_own_rows_and_every_parameter_gets_a_gradient():
+    router = TaskRouter(8, 4, 2, TASKS, hidden_features=5, noisy_gating=True)
+    spread_router(Wrapped(router))
+    x = torch.randn(6, 8)
+    router.eval()
+    before = router(x, 'cls').logits.detach()
+    with torch.no_grad():
+        router.weight[1].add_(1.)  # another task's router
+    torch.testing.assert_close(router(x, 'cls').logits, before)
+    assert not torch.allclose(router(x, 'det').logits, router(x, 'seg').logits)
+
+    router.train()
+    router(x, 'seg').gates.sum().backward()
+    for name, p in router.named_parameters():
+        # stacked parameters: no unused parameter for DDP, other tasks' rows get zeros
+        assert p.grad is not None, name
+        assert torch.count_nonzero(p.grad[:2]) == 0, name
+        assert torch.count_nonzero(p.grad[2]) > 0, name
+
+
+def test_unknown_task_lists_the_valid_tasks():
+    router = TaskRouter(8, 4, 2, TASKS)
+    with pytest.raises(ValueError, match=r"'depth'.*\['cls', 'det', 'seg'\]"):
+        router(torch.randn(2, 8), 'depth')
+
+
+def test_zero_init_routes_deterministically_to_the_first_experts():
+    router = TaskRouter(8, 5, 2, TASKS)
+    out = router(torch.randn(7, 8), 'cls')
+    torch.testing.assert_close(out.probs, torch.full((7, 5), 0.2))
+    assert out.indices.tolist() == [[0, 1]] * 7
+    torch.testing.assert_close(out.gates, torch.full((7, 2), 0.2 + GATE_EPS))
+    assert not TaskRouter(8, 5, 2, TASKS, zero_init=False).weight.eq(0).all()
+
+
+def test_router_math_stays_fp32_under_autocast():
+    router = TaskRouter(8, 4, 2, TASKS, hidden_features=6, zero_init=False)
+    x = torch.randn(5, 8)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = router(x.bfloat16(), 'cls')
+        assert torch.mm(x, x.T).dtype == torch.bfloat16  # autocast is on
+    for t in out:
+        assert t.dtype in (torch.float32, torch.long)
+    assert out.probs.dtype == out.gates.dtype == out.logits.dtype == torch.float32
+    torch.testing.assert_close(out.logits, router(x.bfloat16().float(), 'cls').logits)
+
+
+def test_noisy_gating_only_in_training():
+    router = TaskRouter(8, 4, 2, TASKS, noisy_gating=True)
+    x = torch.randn(64, 8)
+    router.eval()
+    clean = router(x, 'cls').logits
+    torch.testing.assert_close(router(x, 'cls').logits, clean)
+    torch.testing.assert_close(clean, torch.zeros(64, 4))  # zero init, no noise
+    router.train()
+    noisy_a, noisy_b = router(x, 'cls').logits, router(x, 'cls').logits
+    assert not torch.allclose(noisy_a, clean) and not torch.allclose(noisy_a, noisy_b)
+    # zero-initialised noise weights: std = softplus(0) + 0.01
+    assert abs(noisy_a.std().item() - 0.7031) < 0.1
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match='top_k'):
+        TaskRouter(8, 4, 5, TASKS)
+    with pytest.raises(ValueError, match='unique'):
+        TaskRouter(8, 4, 2, ('a', 'a'))

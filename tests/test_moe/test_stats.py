@@ -1,0 +1,84 @@
+"""Expert usage statistics: counts equal the routed tokens; readers; reduce; reset."""
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from mod_squad.moe import (MoAttention, MoEMLP, all_reduce_expert_usage,
+                           expert_usage_modules, num_experts_used, reset_expert_usage,
+                           stack_expert_usage, usage_entropy, usage_share)
+
+TASKS = ('cls', 'det', 'seg')
+
+
+class Model(nn.Module):
+
+    def __init__(self):
+        super().__init__()
+        self.attn = MoAttention(16, 6, 2, 8, TASKS, zero_init_router=False)
+        self.mlp = MoEMLP(16, 4, 2, 8, TASKS, zero_init_router=False)
+
+    def forward(self, x, task):
+        return self.mlp(self.attn(x, task), task)
+
+
+def test_counts_equal_the_routed_tokens():
+    layer = MoEMLP(16, 5, 2, 8, TASKS, zero_init_router=False)
+    x1, x2 = torch.randn(3, 4, 16), torch.randn(7, 16)
+    layer.eval()  # statistics are kept in evaluation too
+    layer(x1, 'det')
+    layer(x2, 'det')
+    layer(x2, 'seg')
+    for task, xs in (('det', (x1, x2)), ('seg', (x2, ))):
+        routes = [layer.router(x.reshape(-1, 16), task) for x in xs]
+        indices = torch.cat([r.indices.flatten() for r in routes])
+        t = TASKS.index(task)
+        assert torch.equal(layer.usage.counts[t], torch.bincount(indices, minlength=5))
+        mass = sum(r.probs.sum(0) for r in routes).double()
+        torch.testing.assert_close(layer.usage.prob_mass[t], mass)
+    assert layer.usage.tokens.tolist() == [0, 19, 7]
+    assert layer.usage.counts[0].sum() == 0
+    assert 'usage.counts' not in layer.state_dict()  # not saved in checkpoints
+
+
+def test_stack_pads_layers_and_reset_clears():
+    model = Model()
+    model(torch.randn(2, 5, 16), 'seg')
+    assert list(expert_usage_modules(model)) == ['attn', 'mlp']
+    names, counts = stack_expert_usage(model)
+    assert names == ['attn', 'mlp'] and counts.shape == (2, 3, 6)
+    assert counts[1, :, 4:].eq(0).all()  # MLP has 4 experts: padded
+    assert counts[:, 2].sum(-1).tolist() == [20, 20]  # 10 tokens x top-2
+    _, mass = stack_expert_usage(model, 'prob_mass')
+    torch.testing.assert_close(mass[:, 2].sum(-1), torch.full((2, ), 10.).double())
+    with pytest.raises(ValueError):
+        stack_expert_usage(model, 'tokens')
+    reset_expert_usage(model)
+    assert stack_expert_usage(model)[1].eq(0).all()
+
+
+def test_all_reduce_in_a_single_process_group(tmp_path):
+    model = Model()
+    model(torch.randn(1, 4, 16), 'cls')
+    before = stack_expert_usage(model)[1].clone()
+    all_reduce_expert_usage(model)  # not initialised: no-op
+    dist.init_process_group(
+        'gloo', init_method=f'file://{tmp_path}/store', rank=0, world_size=1)
+    try:
+        all_reduce_expert_usage(model)
+    finally:
+        dist.destroy_process_group()
+    assert torch.equal(stack_expert_usage(model)[1], before)
+
+
+def test_share_entropy_and_experts_used():
+    counts = torch.tensor([[[5, 5, 5, 5], [20, 0, 0, 0], [0, 0, 0, 0]]])
+    share = usage_share(counts)
+    torch.testing.assert_close(share[0, 0], torch.full((4, ), 0.25).double())
+    assert share[0, 2].eq(0).all()
+    entropy = usage_entropy(counts)
+    assert entropy.shape == (1, 3)
+    assert entropy[0].tolist() == pytest.approx([math.log(4), 0., 0.])
+    assert num_experts_used(counts, 0.1).tolist() == [[4, 1, 0]]
