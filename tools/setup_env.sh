@@ -56,13 +56,17 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     "${PYTHON:-python3}" -m venv "$VENV" || die "could not create $VENV"
 fi
 PY="$VENV/bin/python"
-PIP=("$PY" -m pip install --disable-pip-version-check -q)
-"${PIP[@]}" --upgrade pip
-"${PIP[@]}" -r "$REPO/requirements/build.txt"
+# pip warns about every find-links folder of the machine's config that is missing.
+pip_install() {
+    "$PY" -m pip install --disable-pip-version-check -q "$@" \
+        2> >(grep -v '^WARNING: Location .* is ignored' >&2)
+}
+pip_install --upgrade pip
+pip_install -r "$REPO/requirements/build.txt"
 
 # 2. torch (mmcv compiles against it) and mmengine.
 log "installing $(pin torch) $(pin torchvision) $(pin mmengine)"
-"${PIP[@]}" "$(pin torch)" "$(pin torchvision)" "$(pin mmengine)"
+pip_install "$(pin torch)" "$(pin torchvision)" "$(pin mmengine)"
 
 # 3. mmcv with compiled ops, from a wheelhouse, the cache, or built from source.
 MMCV_PIN="$(pin mmcv)"
@@ -107,16 +111,16 @@ else
         WHEEL="$(ls "$KEY_DIR"/mmcv-*.whl | head -n1)"
         log "built $WHEEL"
     fi
-    "${PIP[@]}" --force-reinstall --no-deps "$WHEEL"
+    pip_install --force-reinstall --no-deps "$WHEEL"
     (cd / && "$PY" -c "import mmcv._ext") \
         || die "mmcv was installed from $WHEEL but its compiled ops (mmcv._ext) do not import"
 fi
 
 # 4. The toolboxes, test tools and mod_squad itself.
 log "installing $(pin mmdet) $(pin mmsegmentation) $(pin mmpretrain) and test tools"
-"${PIP[@]}" "$MMCV_PIN" "$(pin mmdet)" "$(pin mmsegmentation)" "$(pin mmpretrain)" \
+pip_install "$MMCV_PIN" "$(pin mmdet)" "$(pin mmsegmentation)" "$(pin mmpretrain)" \
     "$(pin fairscale)" ftfy regex -r "$REPO/requirements/tests.txt"
-"${PIP[@]}" --no-deps --no-build-isolation -e "$REPO"
+pip_install --no-deps --no-build-isolation -e "$REPO"
 
 ops="$(check_stack)" || die "the stack does not import; see the traceback above"
 stamp_of > "$STAMP_FILE"

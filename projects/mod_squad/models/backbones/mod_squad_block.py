@@ -115,6 +115,7 @@ class ModSquadBlock(BaseModule):
                 embed_dims=embed_dims,
                 feedforward_channels=feedforward_channels,
                 ffn_drop=drop_rate,
+                act_cfg=dict(type='GELU'),
                 add_identity=False)
         self.drop_path = DropPath(drop_path_rate)
 
