@@ -6,6 +6,8 @@ import os.path as osp
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from mod_squad.engine.launch import use_gloo_without_cuda
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description='Train a model')
@@ -61,6 +63,7 @@ def merge_args(cfg, args):
 def main():
     args = parse_args()
     cfg = merge_args(Config.fromfile(args.config), args)
+    use_gloo_without_cuda(cfg)
     runner = Runner.from_cfg(cfg)
     runner.train()
 

@@ -8,44 +8,44 @@ config can name them without a prefix after
 """
 import importlib
 
-from mmengine.registry import DATA_SAMPLERS as MMENGINE_DATA_SAMPLERS
-from mmengine.registry import DATASETS as MMENGINE_DATASETS
-from mmengine.registry import HOOKS as MMENGINE_HOOKS
-from mmengine.registry import LOOPS as MMENGINE_LOOPS
-from mmengine.registry import METRICS as MMENGINE_METRICS
-from mmengine.registry import MODELS as MMENGINE_MODELS
-from mmengine.registry import \
-    OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
-from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
+from mmengine import registry as mmengine_registry
 from mmengine.registry import Registry
 
 SCOPE = 'mod_squad'
 #: Toolboxes whose ``MODELS`` registry also receives :func:`register_model` classes.
 TOOLBOX_SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
 
-MODELS = Registry(
-    'model', parent=MMENGINE_MODELS, scope=SCOPE, locations=['mod_squad.models'])
-DATASETS = Registry(
-    'dataset', parent=MMENGINE_DATASETS, scope=SCOPE,
-    locations=['mod_squad.datasets'])
-DATA_SAMPLERS = Registry(
-    'data sampler', parent=MMENGINE_DATA_SAMPLERS, scope=SCOPE,
-    locations=['mod_squad.datasets'])
-TRANSFORMS = Registry(
-    'transform', parent=MMENGINE_TRANSFORMS, scope=SCOPE,
-    locations=['mod_squad.datasets'])
-HOOKS = Registry(
-    'hook', parent=MMENGINE_HOOKS, scope=SCOPE, locations=['mod_squad.engine'])
-LOOPS = Registry(
-    'loop', parent=MMENGINE_LOOPS, scope=SCOPE, locations=['mod_squad.engine'])
-METRICS = Registry(
-    'metric', parent=MMENGINE_METRICS, scope=SCOPE,
-    locations=['mod_squad.evaluation'])
-OPTIM_WRAPPER_CONSTRUCTORS = Registry(
-    'optimizer wrapper constructor',
-    parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS,
-    scope=SCOPE,
-    locations=['mod_squad.engine'])
+
+def _child(name: str, locations=None) -> Registry:
+    """Our child of mmengine's registry ``name`` (e.g. ``'MODELS'``)."""
+    parent = getattr(mmengine_registry, name)
+    return Registry(parent.name, parent=parent, scope=SCOPE, locations=locations or [])
+
+
+# Every mmengine registry has a child here, so that ``default_scope='mod_squad'``
+# finds them all without falling back (and warning).
+RUNNERS = _child('RUNNERS')
+RUNNER_CONSTRUCTORS = _child('RUNNER_CONSTRUCTORS')
+FUNCTIONS = _child('FUNCTIONS')
+LOOPS = _child('LOOPS', ['mod_squad.engine'])
+HOOKS = _child('HOOKS', ['mod_squad.engine'])
+LOG_PROCESSORS = _child('LOG_PROCESSORS')
+DATASETS = _child('DATASETS', ['mod_squad.datasets'])
+DATA_SAMPLERS = _child('DATA_SAMPLERS', ['mod_squad.datasets'])
+TRANSFORMS = _child('TRANSFORMS', ['mod_squad.datasets'])
+MODELS = _child('MODELS', ['mod_squad.models'])
+MODEL_WRAPPERS = _child('MODEL_WRAPPERS')
+WEIGHT_INITIALIZERS = _child('WEIGHT_INITIALIZERS')
+OPTIMIZERS = _child('OPTIMIZERS')
+OPTIM_WRAPPERS = _child('OPTIM_WRAPPERS')
+OPTIM_WRAPPER_CONSTRUCTORS = _child('OPTIM_WRAPPER_CONSTRUCTORS', ['mod_squad.engine'])
+PARAM_SCHEDULERS = _child('PARAM_SCHEDULERS')
+METRICS = _child('METRICS')
+EVALUATOR = _child('EVALUATOR')
+TASK_UTILS = _child('TASK_UTILS')
+VISUALIZERS = _child('VISUALIZERS')
+VISBACKENDS = _child('VISBACKENDS')
+INFERENCERS = _child('INFERENCERS')
 
 
 def toolbox_models(scope: str) -> Registry:

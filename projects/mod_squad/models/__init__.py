@@ -1,3 +1,8 @@
-from .backbones import ModSquadViT, SimplePyramid
+from .backbones import ModSquadViT, SharedBackboneView, SimplePyramid
+from .multi_task_data_preprocessor import MultiTaskDataPreprocessor
+from .multi_task_model import ModSquadMultiTaskModel
 
-__all__ = ['ModSquadViT', 'SimplePyramid']
+__all__ = [
+    'ModSquadViT', 'SharedBackboneView', 'SimplePyramid', 'MultiTaskDataPreprocessor',
+    'ModSquadMultiTaskModel'
+]

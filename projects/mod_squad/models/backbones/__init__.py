@@ -1,4 +1,5 @@
 from .mod_squad_vit import ModSquadViT
+from .shared_backbone_view import SharedBackboneView
 from .simple_pyramid import SimplePyramid
 
-__all__ = ['ModSquadViT', 'SimplePyramid']
+__all__ = ['ModSquadViT', 'SharedBackboneView', 'SimplePyramid']

@@ -1,6 +1,6 @@
 """ModSquadViT: a vision transformer whose blocks are task-routed mixtures of experts."""
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -16,8 +16,8 @@ from mmpretrain.models.utils import resize_pos_embed
 from mod_squad.moe import MoEAuxLossConfig
 from mod_squad.registry import register_model
 from .mod_squad_block import ModSquadBlock
-from .simple_pyramid import SimplePyramid
 from .vit_checkpoint import convert_to_mod_squad
+from .vit_outputs import add_output_modules, check_out_type, format_outputs
 
 
 @register_model()
@@ -80,7 +80,6 @@ class ModSquadViT(BaseModule):
         dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.),
         dict(type='Kaiming', layer='Conv2d', mode='fan_in', nonlinearity='linear'),
     ]
-    OUT_TYPES = ('raw', 'cls_token', 'featmap', 'avg_featmap', 'pyramid')
 
     def __init__(self,
                  arch: Union[str, dict] = 'base',
@@ -127,15 +126,11 @@ class ModSquadViT(BaseModule):
                              f'{list(task_names)}.')
         self.task_names = tuple(task_names)
         self._task = self.task_names[0]
-        if out_type not in self.OUT_TYPES:
-            raise ValueError(f'Unsupported out_type {out_type!r}, choose from '
-                             f'{self.OUT_TYPES}.')
+        check_out_type(out_type, with_cls_token)
         self.out_type = out_type
         if window_size > 0 and with_cls_token:
             raise ValueError('Window attention works on the patch grid only: set '
                              'with_cls_token=False with window_size > 0.')
-        if out_type == 'cls_token' and not with_cls_token:
-            raise ValueError('out_type="cls_token" needs with_cls_token=True.')
 
         self.patch_embed = PatchEmbed(
             in_channels=in_channels,
@@ -197,10 +192,7 @@ class ModSquadViT(BaseModule):
         self.final_norm = final_norm
         if final_norm:
             self.ln1 = build_norm_layer(norm_cfg, embed_dims)[1]
-        if out_type == 'avg_featmap':
-            self.ln2 = build_norm_layer(norm_cfg, embed_dims)[1]
-        if out_type == 'pyramid':
-            self.pyramid = SimplePyramid(embed_dims, pyramid_scales)
+        add_output_modules(self, out_type, embed_dims, pyramid_scales, norm_cfg)
 
     @classmethod
     def _arch_settings(cls, arch) -> dict:
@@ -282,7 +274,25 @@ class ModSquadViT(BaseModule):
                 task: Optional[str] = None) -> Tuple[torch.Tensor, ...]:
         """x: (B, 3, H, W) images; returns one output per ``out_indices`` entry
         (four for ``'pyramid'`` from one index), shaped by ``out_type``."""
+        tokens, hw = self.forward_tokens(x, task, self.out_indices)
+        return format_outputs(self, self.out_type, tokens, hw, self.num_extra_tokens)
+
+    def forward_tokens(self, x: torch.Tensor, task: Optional[str] = None,
+                       out_indices: Optional[Sequence[int]] = None
+                       ) -> Tuple[List[torch.Tensor], Tuple[int, int]]:
+        """Run the blocks with ``task``'s routers (default: :attr:`task`).
+
+        Args:
+            x: (B, 3, H, W) images.
+            out_indices: blocks whose (B, N, C) tokens are returned (default: the
+                configured ones); the last block's output is after the final norm.
+
+        Returns:
+            The tokens of the chosen blocks and the patch grid (H/16, W/16).
+        """
         task = self._check_task(task) if task is not None else self._task
+        out_indices = self.out_indices if out_indices is None else [
+            i % self.num_layers for i in out_indices]
         B = x.shape[0]
         x, hw = self.patch_embed(x)
         if self.cls_token is not None:
@@ -298,7 +308,7 @@ class ModSquadViT(BaseModule):
         if self.task_embed is not None:
             task_embed = self.task_embed[self.task_names.index(task)]
 
-        outs = []
+        tokens = []
         for i, layer in enumerate(self.layers):
             if task_embed is not None:
                 x = x + task_embed[i]
@@ -308,22 +318,9 @@ class ModSquadViT(BaseModule):
                 x = layer(x, task, hw)
             if i == self.num_layers - 1 and self.final_norm:
                 x = self.ln1(x)
-            if i in self.out_indices:
-                outs.append(self._format_output(x, hw))
-        if self.out_type == 'pyramid':
-            return self.pyramid(outs)
-        return tuple(outs)
-
-    def _format_output(self, x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
-        if self.out_type == 'raw':
-            return x
-        if self.out_type == 'cls_token':
-            return x[:, 0]
-        patch_tokens = x[:, self.num_extra_tokens:]
-        if self.out_type == 'avg_featmap':
-            return self.ln2(patch_tokens.mean(dim=1))
-        # (B, H*W, C) -> (B, C, H, W)
-        return patch_tokens.transpose(1, 2).reshape(x.shape[0], -1, *hw)
+            if i in out_indices:
+                tokens.append(x)
+        return tokens, hw
 
     def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
         """Layer depth of a parameter for layer-wise learning-rate decay (the

@@ -1,0 +1,61 @@
+"""A task's view of the ModSquadViT shared by a multi-task model."""
+from typing import Sequence, Tuple, Union
+
+import torch
+from mmengine.model import BaseModule
+
+from mod_squad.registry import MODELS
+from .vit_outputs import add_output_modules, check_out_type, format_outputs
+
+
+@MODELS.register_module()
+class SharedBackboneView(BaseModule):
+    """The ``backbone`` of one task's stock model inside a
+    :class:`~mod_squad.models.ModSquadMultiTaskModel`.
+
+    It owns no copy of the backbone: the multi-task model binds it to the shared
+    ModSquadViT and the task's name (:meth:`bind`); calling it runs the shared
+    backbone with that task's routers and shapes the outputs for the task's
+    neck/head. Task-specific output modules (``ln2`` for ``'avg_featmap'``, the
+    simple pyramid for ``'pyramid'``) belong to the view, i.e. to the task's branch.
+
+    Args:
+        out_type (str): Output type, as ``ModSquadViT``'s ``out_type``.
+        out_indices (int | Sequence[int]): Blocks whose outputs are returned.
+        pyramid_scales (Sequence[float]): Scales of the ``'pyramid'`` output.
+        norm_cfg (dict): Norm of the ``'avg_featmap'`` output.
+    """
+
+    def __init__(self,
+                 out_type: str = 'cls_token',
+                 out_indices: Union[int, Sequence[int]] = -1,
+                 pyramid_scales: Sequence[float] = (4, 2, 1, 0.5),
+                 norm_cfg: dict = dict(type='LN', eps=1e-6),
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.out_type = out_type
+        self.out_indices = [out_indices] if isinstance(out_indices, int) else list(
+            out_indices)
+        self.pyramid_scales = pyramid_scales
+        self.norm_cfg = norm_cfg
+        self.task = None
+        self.__dict__['shared'] = None  # not a submodule: owned by the multi-task model
+
+    def bind(self, backbone, task: str) -> None:
+        """Run ``backbone`` (a ModSquadViT) with the routers of ``task``."""
+        check_out_type(self.out_type, backbone.cls_token is not None)
+        self.task = backbone._check_task(task)
+        self.__dict__['shared'] = backbone
+        add_output_modules(self, self.out_type, backbone.embed_dims, self.pyramid_scales,
+                           self.norm_cfg)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """x: (B, 3, H, W) -> outputs of ``out_type`` per ``out_indices`` entry."""
+        if self.shared is None:
+            raise RuntimeError('SharedBackboneView is not bound to a backbone: use it '
+                               'as a branch backbone of mod_squad.ModSquadMultiTaskModel.')
+        tokens, hw = self.shared.forward_tokens(x, self.task, self.out_indices)
+        return format_outputs(self, self.out_type, tokens, hw, self.shared.num_extra_tokens)
+
+    def extra_repr(self) -> str:
+        return f'task={self.task!r}, out_type={self.out_type!r}, out_indices={self.out_indices}'

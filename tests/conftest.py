@@ -1,0 +1,39 @@
+"""Shared fixtures: the bundled synthetic data at test sizes, the demo config on it."""
+import pytest
+from mmengine.config import Config
+
+from mod_squad.datasets.synthetic import generate_all
+
+DEMO_CONFIG = 'configs/mod_squad/mod-squad_vit-demo_2k_synthetic-cls-det-seg.py'
+DEMO_DATA_ROOT = 'data/synthetic/'
+
+
+@pytest.fixture(scope='session')
+def synthetic_root(tmp_path_factory):
+    """A small copy of the bundled synthetic data (all three tasks)."""
+    root = tmp_path_factory.mktemp('synthetic')
+    generate_all(
+        str(root),
+        seed=0,
+        cls=dict(num_train=40, num_val=20),
+        det=dict(num_train=8, num_val=4),
+        seg=dict(num_train=8, num_val=4))
+    return root
+
+
+def retarget(cfg, old: str, new: str):
+    """Replace the prefix ``old`` of every string in a config tree by ``new``."""
+    if isinstance(cfg, dict):
+        return type(cfg)({k: retarget(v, old, new) for k, v in cfg.items()})
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(retarget(v, old, new) for v in cfg)
+    if isinstance(cfg, str) and cfg.startswith(old):
+        return new + cfg[len(old):]
+    return cfg
+
+
+@pytest.fixture
+def demo_cfg(synthetic_root):
+    """The demo config, reading the small synthetic copy."""
+    cfg = Config.fromfile(DEMO_CONFIG)
+    return Config(retarget(cfg.to_dict(), DEMO_DATA_ROOT, f'{synthetic_root}/'))
