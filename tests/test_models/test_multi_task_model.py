@@ -111,3 +111,18 @@ def test_configuration_errors_name_the_culprit(demo_cfg):
     cfg.branches.cls.backbone = dict(_scope_='mmpretrain', type='ResNet', depth=18)
     with pytest.raises(TypeError, match="branch 'cls' must be"):
         MODELS.build(cfg)
+
+
+def test_layer_wise_lr_decay_with_mmpretrain_constructor(demo_cfg):
+    model = build_model(demo_cfg)
+    optim_wrapper = build_optim_wrapper(
+        model,
+        dict(
+            optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
+            constructor='mmpretrain.LearningRateDecayOptimWrapperConstructor',
+            paramwise_cfg=dict(layer_decay_rate=0.5)))
+    lr = {g['param_name']: g['lr'] for g in optim_wrapper.optimizer.param_groups}
+    # 6 blocks: depths 0 (stem) .. 7 (branches); scale = 0.5 ** (7 - depth)
+    assert lr['backbone.pos_embed'] == pytest.approx(1e-3 * 0.5**7)
+    assert lr['backbone.layers.5.ln1.weight'] == pytest.approx(1e-3 * 0.5)
+    assert lr['branches.det.neck.lateral_convs.0.conv.weight'] == pytest.approx(1e-3)

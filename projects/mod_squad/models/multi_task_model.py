@@ -98,6 +98,13 @@ class ModSquadMultiTaskModel(BaseModel):
         raise RuntimeError(f'Invalid mode "{mode}". Only supports loss, predict and '
                            'tensor mode')
 
+    def get_layer_depth(self, param_name: str) -> tuple:
+        """Layer depth for layer-wise learning-rate decay, e.g. with
+        ``optim_wrapper=dict(constructor='mmpretrain.LearningRateDecayOptimWrapper'
+        'Constructor', paramwise_cfg=dict(layer_decay_rate=0.7))`` (ViTDet, mmseg's
+        ViT recipes): backbone blocks by depth, every branch at the top depth."""
+        return self.backbone.get_layer_depth(param_name, 'backbone.')
+
     def _task_losses(self, task: str, losses: dict) -> dict:
         """Prefix every key with ``task.`` and scale the loss terms by its weight."""
         weight = self.loss_weights[task]
