@@ -147,3 +147,20 @@ def test_mmseg_upernet():
         data_samples=data_samples)
     results = train_and_test_step(model, data)
     assert results[0].pred_sem_seg.data.shape == (1, IMAGE_SIZE, IMAGE_SIZE)
+
+
+@pytest.mark.parametrize('config,scope', [
+    ('mod-squad-vit-b-p16_64xb64_in1k.py', 'mmpretrain'),
+    ('mask-rcnn_mod-squad-vit-b-p16_fpn_1x_coco.py', 'mmdet'),
+    ('retinanet_mod-squad-vit-b-p16_fpn_1x_coco.py', 'mmdet'),
+    ('upernet_mod-squad-vit-b-p16_mln_8xb2-160k_ade20k-512x512.py', 'mmseg'),
+])
+def test_single_task_configs_build(config, scope):
+    from mod_squad.models import ModSquadViT
+    cfg = Config.fromfile(osp.join('configs/mod_squad/single_task', config))
+    assert cfg.default_scope == scope
+    if cfg.get('data_preprocessor') is not None:
+        cfg.model.setdefault('data_preprocessor', cfg.data_preprocessor)
+    model = build_in_scope(scope, cfg.model)
+    assert isinstance(model.backbone, ModSquadViT)
+    assert model.backbone.embed_dims == 768
