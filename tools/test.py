@@ -6,6 +6,7 @@ import os.path as osp
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from mod_squad.engine import restrict_tasks
 from mod_squad.engine.launch import use_gloo_without_cuda
 
 
@@ -14,6 +15,10 @@ def parse_args():
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='the dir to save logs and metrics')
+    parser.add_argument(
+        '--task',
+        nargs='+',
+        help='evaluate only these tasks of a multi-task config (default: all)')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -36,6 +41,8 @@ def main():
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+    if args.task is not None:
+        restrict_tasks(cfg, args.task)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:

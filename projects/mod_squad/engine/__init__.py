@@ -1,4 +1,11 @@
 from .checkpoint_loader import load_from_local
+from .expert_usage_hook import ExpertUsageHook
 from .moe_aux_loss_hook import MoEAuxLossHook
+from .moe_aux_loss_schedule_hook import MoEAuxLossScheduleHook
+from .multi_task_loops import (MultiTaskEvalLoop, MultiTaskTestLoop,
+                               MultiTaskValLoop, restrict_tasks)
 
-__all__ = ['load_from_local', 'MoEAuxLossHook']
+__all__ = [
+    'load_from_local', 'ExpertUsageHook', 'MoEAuxLossHook', 'MoEAuxLossScheduleHook', 'MultiTaskEvalLoop', 'MultiTaskValLoop',
+    'MultiTaskTestLoop', 'restrict_tasks'
+]
