@@ -1,8 +1,6 @@
-"""Shared fixtures: the bundled synthetic data at test sizes, the demo config on it."""
+"""Shared fixtures. OpenMMLab is imported inside them, so that tests/test_moe also
+runs on a machine with only PyTorch."""
 import pytest
-from mmengine.config import Config
-
-from mod_squad.datasets.synthetic import generate_all
 
 DEMO_CONFIG = 'configs/mod_squad/mod-squad_vit-demo_2k_synthetic-cls-det-seg.py'
 DEMO_DATA_ROOT = 'data/synthetic/'
@@ -11,6 +9,7 @@ DEMO_DATA_ROOT = 'data/synthetic/'
 @pytest.fixture(scope='session')
 def synthetic_root(tmp_path_factory):
     """A small copy of the bundled synthetic data (all three tasks)."""
+    from mod_squad.datasets.synthetic import generate_all
     root = tmp_path_factory.mktemp('synthetic')
     generate_all(
         str(root),
@@ -35,5 +34,6 @@ def retarget(cfg, old: str, new: str):
 @pytest.fixture
 def demo_cfg(synthetic_root):
     """The demo config, reading the small synthetic copy."""
+    from mmengine.config import Config
     cfg = Config.fromfile(DEMO_CONFIG)
     return Config(retarget(cfg.to_dict(), DEMO_DATA_ROOT, f'{synthetic_root}/'))

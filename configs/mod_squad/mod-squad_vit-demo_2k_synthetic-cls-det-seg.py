@@ -326,7 +326,7 @@ default_hooks = dict(
         type='CheckpointHook', by_epoch=False, interval=1000, max_keep_ckpts=2,
         save_best='cls/accuracy/top1', rule='greater'),
     sampler_seed=dict(type='DistSamplerSeedHook'))
-custom_hooks = []
+custom_hooks = [dict(type='ExpertUsageHook', interval=100)]
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),

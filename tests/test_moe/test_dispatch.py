@@ -39,3 +39,12 @@ def test_single_token():
     y = torch.tensor([[1., 2.], [10., 20.]])  # expert 1 row, then expert 3 row
     torch.testing.assert_close(
         d.combine(y, torch.tensor([[0.5, 0.25]])), torch.tensor([[5.25, 10.5]]))
+
+
+def test_sum_tokens_adds_each_tokens_slots():
+    indices = torch.tensor([[1, 0], [0, 2], [2, 1]])
+    d = TokenDispatch(indices, num_experts=3)
+    slots = torch.arange(6.).view(6, 1) * torch.tensor([[1., 10.]])  # slot s -> s, 10s
+    y = d.gather_slots(slots)
+    torch.testing.assert_close(
+        d.sum_tokens(y), torch.tensor([[1., 10.], [5., 50.], [9., 90.]]))

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mod_squad.moe import GroupedExperts, TokenDispatch, grouped_linear
+from mod_squad.moe import (GroupedExperts, MoAttention, MoEMLP, TokenDispatch,
+                           grouped_linear)
 from mod_squad.moe.experts import grouped_mm_supported
 
 
@@ -79,6 +80,27 @@ def test_experts_match_reference_and_unused_experts_get_zero_grads():
         assert p.grad is not None and p.grad[unused].eq(0).all()
 
 
+def _backward_nodes(tensor):
+    nodes, stack, seen = [], [tensor.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        nodes.append(type(node).__name__)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return nodes
+
+
+def test_loop_splits_each_weight_stack_once():
+    """``w[e]`` per expert would zero-fill a whole (E, in, out) gradient per expert in
+    backward (SelectBackward); the loop unbinds each stack once instead."""
+    d, x = _sorted_rows(6, 8, 2, 8)
+    nodes = _backward_nodes(GroupedExperts(8, 8, 4, impl='loop')(x, d))
+    assert 'SelectBackward0' not in nodes
+    assert nodes.count('UnbindBackward0') == 4  # w1, b1, w2, b2
+
+
 def test_auto_uses_the_loop_on_cpu_and_rejects_unknown_impl():
     d, x = _sorted_rows(4, 4, 2, 8)
     w = torch.randn(4, 8, 8)
@@ -87,3 +109,56 @@ def test_auto_uses_the_loop_on_cpu_and_rejects_unknown_impl():
         grouped_linear(x, w, None, d), grouped_linear(x, w, None, d, impl='loop'))
     with pytest.raises(ValueError, match='impl'):
         grouped_linear(x, w, None, d, impl='bmm')
+
+
+def _set_impl(layer, impl):
+    if isinstance(layer, MoEMLP):
+        layer.experts.impl = impl
+    else:
+        layer.impl = impl
+
+
+def _forward_backward(layer, x, impl, device_type):
+    _set_impl(layer, impl)
+    layer.zero_grad()
+    x = x.detach().clone().requires_grad_()
+    with torch.autocast(device_type, dtype=torch.bfloat16):
+        y = layer(x, 'a')
+    (y.float() * torch.linspace(-1, 1, y.numel(), device=x.device).view(y.shape)).sum(
+    ).backward()
+    return [y, x.grad] + [p.grad for p in layer.parameters()]
+
+
+@pytest.mark.skipif(not _cpu_grouped_mm_works(), reason='no torch._grouped_mm on CPU')
+@pytest.mark.parametrize('layer_type', [MoEMLP, MoAttention])
+def test_grouped_mm_under_bf16_autocast_matches_loop(layer_type):
+    torch.manual_seed(0)
+    args = (16, 8, 2, 16) if layer_type is MoEMLP else (16, 8, 2, 8)
+    layer = layer_type(*args, ('a', ), zero_init_router=False)
+    x = torch.randn(2, 6, 16)
+    loop = _forward_backward(layer, x, 'loop', 'cpu')
+    grouped = _forward_backward(layer, x, 'grouped_mm', 'cpu')
+    assert grouped[0].dtype == torch.bfloat16
+    for a, b in zip(grouped, loop):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('layer_type', [MoEMLP, MoAttention])
+def test_cuda_grouped_mm_path_has_no_host_sync(layer_type):
+    torch.manual_seed(0)
+    args = (64, 8, 2, 64) if layer_type is MoEMLP else (64, 8, 2, 32)
+    layer = layer_type(*args, ('a', ), zero_init_router=False).cuda()
+    x = torch.randn(2, 50, 64, device='cuda')
+    weight = layer.experts.w1 if layer_type is MoEMLP else layer.q_proj
+    if not grouped_mm_supported(x.view(-1, 64).bfloat16(), weight):
+        pytest.skip('no fused torch._grouped_mm on this GPU')
+    loop = _forward_backward(layer, x, 'loop', 'cuda')
+    _forward_backward(layer, x, 'grouped_mm', 'cuda')  # warm-up (lazy init may sync)
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        grouped = _forward_backward(layer, x, 'grouped_mm', 'cuda')
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    for a, b in zip(grouped, loop):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-3)

@@ -139,4 +139,5 @@ class GroupedExperts(nn.Module):
 
     def extra_repr(self) -> str:
         E, C, H = self.w1.shape
-        return f'num_experts={E}, in_features={C}, hidden_features={H}, impl={self.impl!r}'
+        return (f'num_experts={E}, in_features={C}, hidden_features={H}, '
+                f'impl={self.impl!r}')

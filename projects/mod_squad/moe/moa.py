@@ -36,6 +36,9 @@ class MoAttention(RoutedLayer):
         proj_drop (float): Dropout on the output.
         router_hidden, noisy_gating, renormalize, zero_init_router, aux_cfg: See
             :class:`~.routed_layer.RoutedLayer`.
+
+    Attribute ``impl`` (``'auto'``, ``'loop'`` or ``'grouped_mm'``) picks the path of
+    the per-expert projections, see :func:`~.experts.grouped_linear`.
     """
 
     def __init__(self,
@@ -94,8 +97,10 @@ class MoAttention(RoutedLayer):
             q.view(B, 1, N * self.top_k, self.head_dims).to(k.dtype), k, v,
             dropout_p=self.attn_drop if self.training else 0.)
         o = dispatch.gather_slots(o.reshape(B * N * self.top_k, self.head_dims))
-        y = grouped_linear(o, self.o_proj, None, dispatch, self.impl)
-        y = dispatch.combine(y, route.gates) + self.o_bias.to(y.dtype)
+        # gate before the (linear) output projection: scales hd, not C, values a slot
+        gates = dispatch.gather_slots(route.gates.reshape(-1, 1)).to(o.dtype)
+        y = grouped_linear(o * gates, self.o_proj, None, dispatch, self.impl)
+        y = dispatch.sum_tokens(y) + self.o_bias.to(y.dtype)
         return self.proj_drop(y).view(B, N, C)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,65 @@
+"""Iteration-based training loop that resumes a task batch sampler by seeking."""
+import logging
+
+from mmengine.logging import print_log
+from mmengine.runner import IterBasedTrainLoop
+from mmengine.runner.loops import _InfiniteDataloaderIterator
+
+from mod_squad.registry import LOOPS
+from .task_sampler_state_hook import TaskSamplerStateHook
+
+
+@LOOPS.register_module()
+class TaskIterBasedTrainLoop(IterBasedTrainLoop):
+    """``IterBasedTrainLoop`` that resumes a
+    :class:`~mod_squad.datasets.TaskBatchSampler` without loading the trained batches.
+
+    mmengine resumes at iteration ``n`` by loading and dropping ``n`` batches. When the
+    dataloader's batch sampler has ``set_iter``, this loop moves it to ``n`` instead
+    (replaying only the task draws) and restarts the dataloader iterator, whose workers
+    prefetched from iteration 0 when the loop was built. It registers a
+    :class:`TaskSamplerStateHook` unless the runner has one, so that checkpoints carry
+    the sampler's seed. Arguments are those of ``IterBasedTrainLoop``.
+    """
+
+    def __init__(self, runner, *args, **kwargs):
+        super().__init__(runner, *args, **kwargs)
+        if not any(isinstance(hook, TaskSamplerStateHook) for hook in runner.hooks):
+            runner.register_hook(TaskSamplerStateHook())
+
+    def _skip_trained_iters(self) -> None:
+        """Position the data at ``self._iter`` and log how."""
+        batch_sampler = self.dataloader.batch_sampler
+        if hasattr(batch_sampler, 'set_iter'):
+            batch_sampler.set_iter(self._iter)
+            self.dataloader_iterator = _InfiniteDataloaderIterator(self.dataloader)
+            print_log(
+                f'Moved {type(batch_sampler).__name__} to iteration {self._iter} '
+                'without loading the trained batches',
+                logger='current')
+            return
+        print_log(
+            f'Advance dataloader {self._iter} steps to skip data that has '
+            f'already been trained ({type(batch_sampler).__name__} has no '
+            '`set_iter`)',
+            logger='current',
+            level=logging.WARNING)
+        for _ in range(self._iter):
+            next(self.dataloader_iterator)
+
+    def run(self):
+        """``IterBasedTrainLoop.run`` with :meth:`_skip_trained_iters` on resume."""
+        self.runner.call_hook('before_train')
+        self.runner.call_hook('before_train_epoch')
+        if self._iter > 0:
+            self._skip_trained_iters()
+        while self._iter < self._max_iters and not self.stop_training:
+            self.runner.model.train()
+            self.run_iter(next(self.dataloader_iterator))
+            self._decide_current_val_interval()
+            if (self.runner.val_loop is not None and self._iter >= self.val_begin and
+                (self._iter % self.val_interval == 0 or self._iter == self._max_iters)):
+                self.runner.val_loop.run()
+        self.runner.call_hook('after_train_epoch')
+        self.runner.call_hook('after_train')
+        return self.runner.model

@@ -1,0 +1,262 @@
+"""The synthetic data loads through the stock mmpretrain, mmdet and mmseg
+datasets and matches what the generator drew."""
+import importlib
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mmdet.registry import METRICS
+
+from mod_squad.datasets.synthetic import (CLS_CLASSES, DET_CLASSES,
+                                          SEG_CLASSES, draw_cls_sample,
+                                          draw_det_sample, draw_seg_sample,
+                                          generate_all, sample_rng)
+
+SEED = 3
+SMALL = dict(
+    cls=dict(num_train=20, num_val=10),
+    det=dict(num_train=6, num_val=3, max_instances=4),
+    seg=dict(num_train=6, num_val=3))
+CLI = Path(__file__).parents[2] / 'tools/dataset_converters/make_synthetic.py'
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp('synthetic')
+    generate_all(root, seed=SEED, **SMALL)
+    return root
+
+
+@pytest.fixture(scope='module', autouse=True)
+def register_toolboxes():
+    for toolbox in ('mmpretrain', 'mmdet', 'mmseg'):
+        importlib.import_module(f'{toolbox}.utils').register_all_modules(
+            init_default_scope=False)
+
+
+def build_dataset(scope: str, **cfg):
+    """Build a dataset and its pipeline in ``scope``'s registries."""
+    registry = importlib.import_module(f'{scope}.registry').DATASETS
+    return registry.build(dict(_scope_=scope, **cfg))
+
+
+def assert_same_image(loaded, drawn: np.ndarray):
+    """A loaded (3, H, W) BGR tensor is the drawn RGB image up to JPEG loss,
+    compared as means of 4x4 blocks (other images differ by over 20)."""
+    loaded = loaded.numpy().transpose(1, 2, 0)[..., ::-1]
+    assert loaded.shape == drawn.shape
+    h, w, _ = drawn.shape
+
+    def blocks(image):
+        return image.reshape(h // 4, 4, w // 4, 4, 3).astype(float).mean(
+            (1, 3))
+
+    assert np.abs(blocks(loaded) - blocks(drawn)).mean() < 8
+
+
+def files(root: Path) -> dict:
+    return {
+        p.relative_to(root): p.read_bytes()
+        for p in sorted(root.rglob('*')) if p.is_file()
+    }
+
+
+@pytest.mark.parametrize('split', ['train', 'val'])
+@pytest.mark.parametrize('source', ['ann_file', 'folders', 'imagenet'])
+def test_cls_loads_with_stock_dataset(data_root, split, source):
+    cfg = dict(
+        type='CustomDataset',
+        data_root=str(data_root / 'cls'),
+        ann_file=f'meta/{split}.txt',
+        data_prefix=split,
+        metainfo=dict(classes=CLS_CLASSES),
+        pipeline=[dict(type='LoadImageFromFile'),
+                  dict(type='PackInputs')])
+    if source == 'folders':
+        cfg.pop('ann_file')
+    elif source == 'imagenet':
+        cfg.update(type='ImageNet', split=split, ann_file='', data_prefix='')
+    dataset = build_dataset('mmpretrain', **cfg)
+
+    assert len(dataset) == SMALL['cls'][f'num_{split}']
+    assert dataset.metainfo['classes'] == CLS_CLASSES
+    for item in dataset:
+        index = int(Path(item['data_samples'].img_path).stem)
+        label = int(item['data_samples'].gt_label)
+        assert label == index % len(CLS_CLASSES)
+        drawn = draw_cls_sample(sample_rng(SEED, 'cls', split, index), label)
+        assert_same_image(item['inputs'], drawn)
+
+
+def build_det_dataset(root: Path, split: str, **kwargs):
+    return build_dataset(
+        'mmdet',
+        type='CocoDataset',
+        data_root=str(root / 'det'),
+        ann_file=f'annotations/instances_{split}.json',
+        data_prefix=dict(img=f'{split}/'),
+        metainfo=dict(classes=DET_CLASSES),
+        pipeline=[
+            dict(type='LoadImageFromFile'),
+            dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+            dict(type='PackDetInputs')
+        ],
+        **kwargs)
+
+
+@pytest.mark.parametrize('split', ['train', 'val'])
+def test_det_masks_and_boxes_match_drawing(data_root, split):
+    dataset = build_det_dataset(data_root, split)
+    assert len(dataset) == SMALL['det'][f'num_{split}']
+    assert dataset.metainfo['classes'] == DET_CLASSES
+    for item in dataset:
+        sample = item['data_samples']
+        image, instances = draw_det_sample(
+            sample_rng(SEED, 'det', split, sample.img_id - 1),
+            max_instances=SMALL['det']['max_instances'])
+        assert_same_image(item['inputs'], image)
+        gt = sample.gt_instances
+        assert 1 <= len(gt) <= SMALL['det']['max_instances']
+        np.testing.assert_array_equal(gt.labels.numpy(),
+                                      [i['label'] for i in instances])
+        masks = gt.masks.masks.astype(bool)
+        np.testing.assert_array_equal(masks,
+                                      np.stack([i['mask'] for i in instances]))
+        assert not (masks.sum(0) > 1).any(), 'instances overlap'
+        for mask, box in zip(masks, gt.bboxes.tensor.numpy()):
+            xs = np.flatnonzero(mask.any(0))
+            ys = np.flatnonzero(mask.any(1))
+            tight = [xs[0], ys[0], xs[-1] + 1, ys[-1] + 1]
+            np.testing.assert_allclose(box, tight, atol=1)
+
+
+@pytest.mark.parametrize('split,folder', [('train', 'training'),
+                                          ('val', 'validation')])
+def test_seg_labels_match_drawing(data_root, split, folder):
+    dataset = build_dataset(
+        'mmseg',
+        type='BaseSegDataset',
+        data_root=str(data_root / 'seg'),
+        data_prefix=dict(
+            img_path=f'images/{folder}', seg_map_path=f'annotations/{folder}'),
+        img_suffix='.jpg',
+        seg_map_suffix='.png',
+        reduce_zero_label=True,
+        metainfo=dict(classes=SEG_CLASSES),
+        pipeline=[
+            dict(type='LoadImageFromFile'),
+            dict(type='LoadAnnotations'),
+            dict(type='PackSegInputs')
+        ])
+
+    assert len(dataset) == SMALL['seg'][f'num_{split}']
+    assert dataset.metainfo['classes'] == SEG_CLASSES
+    seen = set()
+    for item in dataset:
+        sample = item['data_samples']
+        index = int(Path(sample.img_path).stem)
+        image, seg_map = draw_seg_sample(sample_rng(SEED, 'seg', split, index))
+        assert_same_image(item['inputs'], image)
+        labels = sample.gt_sem_seg.data[0].numpy()
+        np.testing.assert_array_equal(labels, (seg_map.astype(int) - 1) % 256)
+        seen.update(np.unique(labels).tolist())
+    assert seen <= set(range(len(SEG_CLASSES))) | {255}
+
+
+def test_det_ground_truth_scores_perfect_coco_ap(data_root):
+    dataset = build_det_dataset(data_root, 'val', test_mode=True)
+    metric = METRICS.build(
+        dict(
+            type='CocoMetric',
+            _scope_='mmdet',
+            ann_file=str(data_root / 'det/annotations/instances_val.json'),
+            metric=['bbox', 'segm']))
+    metric.dataset_meta = dataset.metainfo
+    for item in dataset:
+        sample = item['data_samples']
+        gt = sample.gt_instances
+        pred = dict(
+            bboxes=gt.bboxes.tensor,
+            labels=gt.labels,
+            scores=torch.ones(len(gt)),
+            masks=torch.from_numpy(gt.masks.masks.astype(bool)))
+        metric.process({}, [
+            dict(
+                img_id=sample.img_id,
+                ori_shape=sample.ori_shape,
+                pred_instances=pred)
+        ])
+    results = metric.evaluate(len(dataset))
+    assert results['coco/bbox_mAP'] == results['coco/segm_mAP'] == 1.0
+
+
+def test_same_seed_is_byte_identical_and_seed_matters(data_root, tmp_path):
+    generate_all(tmp_path / 'same', seed=SEED, **SMALL)
+    generate_all(tmp_path / 'other', seed=SEED + 1, **SMALL)
+    reference = files(data_root)
+    assert files(tmp_path / 'same') == reference
+    other = files(tmp_path / 'other')
+    assert other.keys() == reference.keys()
+    images = [k for k in reference if k.suffix in ('.jpg', '.png')]
+    assert all(other[k] != reference[k] for k in images)
+
+
+def test_counts_do_not_reshuffle_images(data_root, tmp_path):
+    generate_all(tmp_path, seed=SEED, **dict(SMALL, cls=dict(num_train=30)))
+    more = files(tmp_path / 'cls' / 'train')
+    small = files(data_root / 'cls' / 'train')
+    assert len(more) == 30
+    assert all(more[name] == data for name, data in small.items())
+
+
+def test_rerun_is_skipped_unless_forced_or_changed(tmp_path):
+
+    def run(**kwargs):
+        logs = []
+        meta = generate_all(tmp_path, seed=SEED, log=logs.append, **kwargs)
+        return meta, ' '.join(logs)
+
+    meta, logs = run(**SMALL)
+    assert 'cls/train: 20 images' in logs
+    assert run(**SMALL) == (meta, f'{tmp_path} is up to date '
+                            '(use force to regenerate)')
+    assert 'cls/train: 20 images' in run(force=True, **SMALL)[1]
+
+    meta, logs = run(**dict(SMALL, cls=dict(num_train=4, num_val=2)))
+    assert meta['options']['cls']['num_train'] == 4
+    assert 'cls/train: 4 images' in logs
+    assert len(list((tmp_path / 'cls' / 'train').rglob('*.jpg'))) == 4
+
+
+def test_colour_does_not_predict_class():
+    """A nearest-class-mean classifier on mean RGB stays near chance."""
+
+    def mean_rgb(split, num):
+        labels = np.arange(num) % len(CLS_CLASSES)
+        rgb = [
+            draw_cls_sample(sample_rng(0, 'cls', split, i), label).mean((0, 1))
+            for i, label in enumerate(labels)
+        ]
+        return np.array(rgb), labels
+
+    train, train_labels = mean_rgb('train', 300)
+    val, val_labels = mean_rgb('val', 200)
+    centres = np.stack(
+        [train[train_labels == k].mean(0) for k in range(len(CLS_CLASSES))])
+    predicted = np.linalg.norm(val[:, None] - centres, axis=2).argmin(1)
+    assert (predicted == val_labels).mean() < 2.5 / len(CLS_CLASSES)
+
+
+def test_cli_generates_and_summarises(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location('make_synthetic', CLI)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    cli.main(f'--out {tmp_path} --cls-train 3 --cls-val 2 --cls-size 32 '
+             '--det-train 2 --det-val 1 --det-max-instances 2 '
+             '--seg-train 2 --seg-val 1'.split())
+    out = capsys.readouterr().out
+    assert 'cls/train: 3 images' in out
+    assert 'cls: 3 train / 2 val, 32 px' in out
+    assert len(list((tmp_path / 'det' / 'train').glob('*.jpg'))) == 2
