@@ -2,6 +2,7 @@
 task sequence, the samples and the iteration count of an uninterrupted run."""
 from types import SimpleNamespace
 
+import pytest
 import torch
 from mmengine.dataset import BaseDataset
 from mmengine.hooks import Hook
@@ -54,11 +55,11 @@ class Recorder(Hook):
             (batch_idx, data_batch['task'][0], data_batch['data_samples']))
 
 
-def train(work_dir, name, max_iters, seed, resume=False):
+def train(work_dir, name, max_iters, seed, resume=False, model=None):
     """Train with 2 workers; an epoch of the sampler is 6 iterations."""
     recorder = Recorder()
     runner = Runner(
-        model=ToyModel(),
+        model=model or ToyModel(),
         work_dir=str(work_dir),
         experiment_name=name,
         train_dataloader=dict(
@@ -159,3 +160,21 @@ def test_hook_warns_when_a_resumed_checkpoint_has_no_sampler_state(monkeypatch):
     hook.after_load_checkpoint(None, dict(meta=dict(iter=5)))
     hook.before_train(fake_runner(5, toy_sampler(3)))
     assert len(logs) == 1 and 'no task sampler state' in logs[0]
+
+
+class BranchedToyModel(ToyModel):
+    """A toy with multi-task branches, as ModSquadMultiTaskModel.task_names."""
+
+    def __init__(self, task_names):
+        super().__init__()
+        self.task_names = task_names
+
+
+def test_tasks_and_branches_must_match(tmp_path):
+    with pytest.raises(ValueError,
+                       match=r"Tasks \['seg'\] of the training data have no branch"):
+        train(tmp_path, 'no_branch', 1, 0, model=BranchedToyModel(('cls', 'det')))
+    with pytest.raises(ValueError, match=r"Branches \['depth'\] of the model have no "
+                       'training dataset'):
+        train(tmp_path, 'no_data', 1, 0,
+              model=BranchedToyModel(('cls', 'det', 'seg', 'depth')))

@@ -14,6 +14,11 @@ Cases (``--cases``, default all available) and the baseline of their ratio:
 - ``dense_attention``: ViT multi-head self-attention, ``--num-heads`` heads.
 - ``moa`` (vs ``dense_attention``): :class:`mod_squad.moe.MoAttention`,
   ``--attn-experts`` heads of width C / heads, ``--attn-top-k`` per token.
+- ``dense_vit``: mmpretrain's ``VisionTransformer`` (``--num-layers`` blocks of width
+  ``--embed-dims``) on ``--batch`` images of 224 px (for 197 tokens).
+- ``mod_squad_vit`` (vs ``dense_vit``): ``ModSquadViT`` of the same width and depth,
+  MoA on even and MoE MLP on odd blocks with the settings above. Both backbone cases
+  need OpenMMLab and are left out without it.
 
 Timing: ``--warmup`` steps per case, then ``--rounds`` rounds that each run every case
 for ``--iters`` steps in turn (interleaved); a case's time is the median over rounds of
@@ -22,8 +27,7 @@ before the step; on CPU the growth of the process's peak resident memory (Linux 
 reset before the step) during the first step of a fresh subprocess, which includes
 allocator and workspace overhead.
 
-More cases (e.g. a whole backbone against its dense counterpart) register with
-:func:`register_case`.
+More cases register with :func:`register_case`.
 
 Example::
 

@@ -2,6 +2,7 @@
 import logging
 
 from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop
 from mmengine.runner.loops import _InfiniteDataloaderIterator
 
@@ -24,8 +25,26 @@ class TaskIterBasedTrainLoop(IterBasedTrainLoop):
 
     def __init__(self, runner, *args, **kwargs):
         super().__init__(runner, *args, **kwargs)
+        self._check_tasks_have_branches()
         if not any(isinstance(hook, TaskSamplerStateHook) for hook in runner.hooks):
             runner.register_hook(TaskSamplerStateHook())
+
+    def _check_tasks_have_branches(self) -> None:
+        """Every task of the data needs a branch of the model, and vice versa."""
+        model = self.runner.model
+        model = model.module if is_model_wrapper(model) else model
+        data_tasks = getattr(self.dataloader.dataset, 'task_names', None)
+        branches = getattr(model, 'task_names', None)
+        if data_tasks is None or branches is None:
+            return
+        no_branch = sorted(set(data_tasks) - set(branches))
+        if no_branch:
+            raise ValueError(f'Tasks {no_branch} of the training data have no branch in '
+                             f'the model, whose branches are {list(branches)}.')
+        no_data = sorted(set(branches) - set(data_tasks))
+        if no_data:
+            raise ValueError(f'Branches {no_data} of the model have no training dataset; '
+                             f'the training data has tasks {list(data_tasks)}.')
 
     def _skip_trained_iters(self) -> None:
         """Position the data at ``self._iter`` and log how."""
