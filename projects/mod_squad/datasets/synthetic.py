@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 # Bump when the drawing changes, so that existing outputs are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # Sorted: mmpretrain's folder scan then gives the labels of the ann file.
 CLS_CLASSES = ('arrow', 'circle', 'crescent', 'cross', 'heart', 'hexagon',
@@ -302,7 +302,7 @@ def draw_det_sample(rng: np.random.Generator,
 
 def draw_seg_sample(rng: np.random.Generator, img_size: int = 128) -> tuple:
     """Wobbly Voronoi regions of ``SEG_STUFF`` textures, stick clutter left
-    unlabelled, then up to three possibly overlapping ``SEG_THINGS``.
+    unlabelled, then one to four possibly overlapping ``SEG_THINGS``.
 
     Returns:
         tuple: RGB image (img_size, img_size, 3) and the uint8 label map as
@@ -326,10 +326,10 @@ def draw_seg_sample(rng: np.random.Generator, img_size: int = 128) -> tuple:
         canvas[mask] = fill[mask]
         seg_map[mask] = stuff[j] + 1
     seg_map[_clutter(rng, canvas, ('stick', ), 2, (0.1, 0.3))] = 0
-    for _ in range(rng.integers(0, 4)):
+    for _ in range(rng.integers(1, 5)):
         label = rng.integers(len(SEG_THINGS))
         polygon, centre, _ = _random_shape(rng, SEG_THINGS[label], img_size,
-                                           (0.08, 0.2))
+                                           (0.1, 0.25))
         mask = rasterize(polygon, img_size)
         x, y = centre.astype(int)
         _paint(rng, canvas, mask, palettes[region[y, x]])
@@ -376,7 +376,7 @@ def _coco_annotation(instance: dict, ann_id: int, image_id: int) -> dict:
 
 def generate_cls(out_dir: str,
                  seed: int = 0,
-                 num_train: int = 1000,
+                 num_train: int = 3000,
                  num_val: int = 200,
                  img_size: int = 64,
                  log: Optional[Callable] = None) -> dict:
