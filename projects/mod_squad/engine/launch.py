@@ -1,10 +1,43 @@
-"""Launcher settings shared by tools/train.py and tools/test.py."""
+"""Command-line options shared by tools/train.py and tools/test.py."""
+import argparse
+import os
+import os.path as osp
+
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 
 
-def use_gloo_without_cuda(cfg: Config) -> None:
-    """Distributed runs on machines without CUDA use the gloo backend (NCCL needs
-    GPUs), so ``tools/dist_train.sh`` also works on CPU."""
-    if cfg.get('launcher', 'none') != 'none' and not torch.cuda.is_available():
+def add_runner_args(parser: argparse.ArgumentParser) -> None:
+    """``--work-dir``, ``--cfg-options``, ``--launcher`` and ``--local-rank``."""
+    parser.add_argument('--work-dir', help='the dir to save logs, models and metrics')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, xxx=yyy format')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """The config of ``args.config`` with the options of :func:`add_runner_args`
+    applied: overrides, the work dir (default ``work_dirs/<config name>``), the
+    launcher, and the gloo backend on machines without CUDA (NCCL needs GPUs), so
+    that ``tools/dist_train.sh`` also runs on CPU."""
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    if cfg.launcher != 'none' and not torch.cuda.is_available():
         cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    return cfg
