@@ -138,7 +138,8 @@ seg_data = dict(_scope_='mmseg', type='ADE20KDataset',
 
 train_dataloader = dict(
     num_workers=8,
-    batch_sampler=dict(batch_sizes=dict(cls=64, det=2, seg=2)),
+    batch_sampler=dict(
+        batch_sizes=dict(cls=64, det=2, seg=2), ratios=dict(cls=15, det=10, seg=5)),
     dataset=dict(
         datasets=dict(
             _delete_=True,
