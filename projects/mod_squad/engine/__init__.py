@@ -8,7 +8,7 @@ from .task_sampler_state_hook import TaskSamplerStateHook
 from .task_train_loop import TaskIterBasedTrainLoop
 
 __all__ = [
-    'load_from_local', 'ExpertUsageHook', 'MoEAuxLossHook', 'MoEAuxLossScheduleHook', 'MultiTaskEvalLoop', 'MultiTaskValLoop',
-    'MultiTaskTestLoop', 'restrict_tasks',
+    'load_from_local', 'ExpertUsageHook', 'MoEAuxLossHook', 'MoEAuxLossScheduleHook',
+    'MultiTaskEvalLoop', 'MultiTaskValLoop', 'MultiTaskTestLoop', 'restrict_tasks',
     'TaskSamplerStateHook', 'TaskIterBasedTrainLoop'
 ]
