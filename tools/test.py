@@ -4,7 +4,8 @@ import argparse
 from mmengine.runner import Runner
 
 from mod_squad.engine import restrict_tasks
-from mod_squad.engine.launch import add_runner_args, load_config
+from mod_squad.engine.launch import (add_runner_args, init_cpu_process_group,
+                                     load_config)
 
 
 def parse_args():
@@ -25,6 +26,7 @@ def main():
     if args.task is not None:
         restrict_tasks(cfg, args.task)
     cfg.load_from = args.checkpoint
+    init_cpu_process_group(cfg)
     runner = Runner.from_cfg(cfg)
     runner.test()
 

@@ -3,7 +3,8 @@ import argparse
 
 from mmengine.runner import Runner
 
-from mod_squad.engine.launch import add_runner_args, load_config
+from mod_squad.engine.launch import (add_runner_args, init_cpu_process_group,
+                                     load_config)
 
 
 def parse_args():
@@ -34,6 +35,7 @@ def main():
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
+    init_cpu_process_group(cfg)
     runner = Runner.from_cfg(cfg)
     runner.train()
 

@@ -27,4 +27,6 @@ def test_defaults_and_overrides():
 def test_distributed_launch_without_cuda_uses_gloo():
     cfg = load_config(parse('--launcher', 'pytorch'))
     assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert cfg.model_wrapper_cfg.device_ids is None
+    assert cfg.model_wrapper_cfg.find_unused_parameters  # the demo config's, kept
     assert load_config(parse()).env_cfg.dist_cfg.backend == 'nccl'

@@ -25,9 +25,10 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
 
 def load_config(args: argparse.Namespace) -> Config:
     """The config of ``args.config`` with the options of :func:`add_runner_args`
-    applied: overrides, the work dir (default ``work_dirs/<config name>``), the
-    launcher, and the gloo backend on machines without CUDA (NCCL needs GPUs), so
-    that ``tools/dist_train.sh`` also runs on CPU."""
+    applied: overrides, the work dir (default ``work_dirs/<config name>``) and the
+    launcher. A distributed launch on a machine without CUDA uses the gloo backend
+    (NCCL needs GPUs) and wraps the model in DDP without device ids (mmengine gives
+    it the local rank, a GPU index); see also :func:`init_cpu_process_group`."""
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
@@ -40,4 +41,18 @@ def load_config(args: argparse.Namespace) -> Config:
                                 osp.splitext(osp.basename(args.config))[0])
     if cfg.launcher != 'none' and not torch.cuda.is_available():
         cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+        wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel')
+        wrapper['device_ids'] = None
+        cfg.model_wrapper_cfg = wrapper
     return cfg
+
+
+def init_cpu_process_group(cfg: Config) -> None:
+    """Start the gloo process group of a ``--launcher pytorch`` run without CUDA.
+
+    mmengine's launcher calls ``torch.cuda.set_device`` first, which fails without a
+    GPU; the Runner skips its own initialisation when a group already exists.
+    """
+    if (cfg.launcher == 'pytorch' and not torch.cuda.is_available()
+            and not torch.distributed.is_initialized()):
+        torch.distributed.init_process_group(backend='gloo')
