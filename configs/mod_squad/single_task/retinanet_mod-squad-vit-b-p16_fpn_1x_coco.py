@@ -1,25 +1,7 @@
-# mmdet's RetinaNet 1x COCO recipe with a ModSquadViT-B backbone: windowed attention
-# with four global blocks and the simple feature pyramid (as ViTDet) into the stock FPN.
-_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
-custom_imports = dict(imports=['mod_squad'], allow_failed_imports=False)
-
+# mmdet's RetinaNet 1x COCO recipe with a ModSquadViT-B backbone.
+_base_ = [
+    'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', './_base_/mod-squad-vit-b-p16_det.py'
+]
 model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='ModSquadViT',
-        arch='base',
-        img_size=1024,
-        task_names=('det', ),
-        with_cls_token=False,
-        out_type='pyramid',
-        out_indices=-1,
-        window_size=14,
-        global_attn_indexes=(2, 5, 8, 11),
-        drop_path_rate=0.1,
-        with_cp=True),
-    neck=dict(in_channels=[768, 768, 768, 768]))
-optim_wrapper = dict(
-    _delete_=True,
-    type='AmpOptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1),
-    clip_grad=dict(max_norm=1.0))
+    backbone={{_base_.mod_squad_det_backbone}}, neck=dict(in_channels=[768] * 4))
+optim_wrapper = {{_base_.mod_squad_optim_wrapper}}
