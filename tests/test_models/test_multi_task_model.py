@@ -126,3 +126,48 @@ def test_layer_wise_lr_decay_with_mmpretrain_constructor(demo_cfg):
     assert lr['backbone.pos_embed'] == pytest.approx(1e-3 * 0.5**7)
     assert lr['backbone.layers.5.ln1.weight'] == pytest.approx(1e-3 * 0.5)
     assert lr['branches.det.neck.lateral_convs.0.conv.weight'] == pytest.approx(1e-3)
+
+
+def test_one_stage_detector_branch_and_batch_augments(demo_cfg):
+    """RetinaNet as the det branch; Mixup in the cls branch's stock preprocessor."""
+    det = demo_cfg.model.branches.det
+    demo_cfg.model.branches.det = dict(
+        _scope_='mmdet',
+        type='RetinaNet',
+        data_preprocessor=det.data_preprocessor,
+        backbone=det.backbone,
+        neck=dict(det.neck, start_level=0, add_extra_convs='on_input', num_outs=4),
+        bbox_head=dict(
+            type='RetinaHead',
+            num_classes=5,
+            in_channels=64,
+            stacked_convs=1,
+            feat_channels=64,
+            anchor_generator=dict(
+                type='AnchorGenerator', octave_base_scale=4, scales_per_octave=1,
+                ratios=[1.0], strides=[4, 8, 16, 32]),
+            bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[.0] * 4,
+                            target_stds=[1.0] * 4),
+            loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
+                          loss_weight=1.0),
+            loss_bbox=dict(type='L1Loss', loss_weight=1.0)),
+        train_cfg=dict(
+            assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.4,
+                          min_pos_iou=0, ignore_iof_thr=-1),
+            sampler=dict(type='PseudoSampler'), allowed_border=-1, pos_weight=-1,
+            debug=False),
+        test_cfg=dict(nms_pre=100, min_bbox_size=0, score_thr=0.05,
+                      nms=dict(type='nms', iou_threshold=0.5), max_per_img=20))
+    demo_cfg.model.branches.cls.train_cfg = dict(augments=dict(type='Mixup', alpha=1.))
+    model = build_model(demo_cfg)
+    optim_wrapper = build_optim_wrapper(model, demo_cfg.optim_wrapper)
+    log_vars = model.train_step(task_batch(demo_cfg, 'det'), optim_wrapper)
+    assert {'det.loss_cls', 'det.loss_bbox'} <= set(log_vars)
+    batch = model.data_preprocessor(task_batch(demo_cfg, 'cls'), True)
+    scores = torch.stack([s.gt_score for s in batch['data_samples']])
+    assert scores.shape == (2, 10)  # mixed one-hot targets from mmpretrain's Mixup
+    torch.testing.assert_close(scores.sum(1), torch.ones(2))
+    model.eval()
+    with torch.no_grad():
+        results = model.val_step(task_batch(demo_cfg, 'det'))
+    assert results[0].pred_instances.bboxes.shape[-1] == 4
