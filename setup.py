@@ -25,7 +25,7 @@ setup(
     packages=['mod_squad'] + [
         f'mod_squad.{pkg}' for pkg in find_packages('projects/mod_squad')
     ],
-    python_requires='>=3.9',
+    python_requires='>=3.10',
     install_requires=parse_requirements('requirements/runtime.txt'),
     extras_require={'tests': parse_requirements('requirements/tests.txt')},
     license='Apache License 2.0',
