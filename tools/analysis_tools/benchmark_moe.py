@@ -55,7 +55,9 @@ Step = Callable[[], None]
 def import_moe():
     """``mod_squad.moe`` (plain PyTorch), from this source tree when the package is
     not installed."""
-    sys.path.append(osp.join(REPO, 'projects'))
+    source = osp.join(REPO, 'projects')
+    if source not in sys.path:
+        sys.path.append(source)
     import mod_squad.moe as moe
     return moe
 
