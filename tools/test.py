@@ -1,6 +1,7 @@
 """Evaluate a checkpoint with an OpenMMLab config (mod_squad, mmdet, mmseg or mmpretrain)."""
 import argparse
 
+from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 from mod_squad.engine import restrict_tasks
@@ -8,27 +9,38 @@ from mod_squad.engine.launch import (add_runner_args, init_cpu_process_group,
                                      load_config)
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Test (and evaluate) a model')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', nargs='?', help='checkpoint file')
+    parser.add_argument(
+        '--untrained',
+        action='store_true',
+        help='evaluate the model as initialised for training (the config\'s seed and '
+        'init_cfg), the baseline of a training run, instead of a checkpoint')
     parser.add_argument(
         '--task',
         nargs='+',
         help='evaluate only these tasks of a multi-task config (default: all)')
     add_runner_args(parser)
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    if (args.checkpoint is None) != args.untrained:
+        parser.error('give a checkpoint, or --untrained to evaluate the initialised model')
+    return args
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     cfg = load_config(args)
     if args.task is not None:
         restrict_tasks(cfg, args.task)
     cfg.load_from = args.checkpoint
     init_cpu_process_group(cfg)
     runner = Runner.from_cfg(cfg)
-    runner.test()
+    if args.untrained:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model.init_weights()
+    return runner.test()
 
 
 if __name__ == '__main__':

@@ -49,27 +49,103 @@ model = dict(
                 dict(type='Mixup', alpha=0.8),
                 dict(type='CutMix', alpha=1.0)
             ])),
+        # mmdet's Mask R-CNN FPN on ViTDet's simple pyramid (the demo uses RetinaNet)
         det=dict(
-            backbone=dict(pyramid_scales=(4, 2, 1, 0.5)),
-            neck=dict(in_channels=[embed_dims] * 4, out_channels=256, num_outs=5),
+            _delete_=True,
+            _scope_='mmdet',
+            type='MaskRCNN',
+            data_preprocessor=dict(
+                type='DetDataPreprocessor', mean=mean, std=std, bgr_to_rgb=True,
+                pad_mask=True, pad_size_divisor=32),
+            backbone=dict(
+                type='mod_squad.SharedBackboneView',
+                out_type='pyramid',
+                out_indices=-1,
+                pyramid_scales=(4, 2, 1, 0.5)),
+            neck=dict(
+                type='FPN', in_channels=[embed_dims] * 4, out_channels=256, num_outs=5),
             rpn_head=dict(
+                type='RPNHead',
                 in_channels=256,
                 feat_channels=256,
-                anchor_generator=dict(scales=[8], strides=[4, 8, 16, 32, 64])),
+                anchor_generator=dict(
+                    type='AnchorGenerator',
+                    scales=[8],
+                    ratios=[0.5, 1.0, 2.0],
+                    strides=[4, 8, 16, 32, 64]),
+                bbox_coder=dict(
+                    type='DeltaXYWHBBoxCoder',
+                    target_means=[.0, .0, .0, .0],
+                    target_stds=[1.0, 1.0, 1.0, 1.0]),
+                loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0),
+                loss_bbox=dict(type='L1Loss', loss_weight=1.0)),
             roi_head=dict(
-                bbox_roi_extractor=dict(out_channels=256),
-                bbox_head=dict(in_channels=256, fc_out_channels=1024, num_classes=80),
-                mask_roi_extractor=dict(out_channels=256),
+                type='StandardRoIHead',
+                bbox_roi_extractor=dict(
+                    type='SingleRoIExtractor',
+                    roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
+                    out_channels=256,
+                    featmap_strides=[4, 8, 16, 32]),
+                bbox_head=dict(
+                    type='Shared2FCBBoxHead',
+                    in_channels=256,
+                    fc_out_channels=1024,
+                    roi_feat_size=7,
+                    num_classes=80,
+                    bbox_coder=dict(
+                        type='DeltaXYWHBBoxCoder',
+                        target_means=[0., 0., 0., 0.],
+                        target_stds=[0.1, 0.1, 0.2, 0.2]),
+                    reg_class_agnostic=False,
+                    loss_cls=dict(
+                        type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
+                    loss_bbox=dict(type='L1Loss', loss_weight=1.0)),
+                mask_roi_extractor=dict(
+                    type='SingleRoIExtractor',
+                    roi_layer=dict(type='RoIAlign', output_size=14, sampling_ratio=0),
+                    out_channels=256,
+                    featmap_strides=[4, 8, 16, 32]),
                 mask_head=dict(
-                    num_convs=4, in_channels=256, conv_out_channels=256,
-                    num_classes=80)),
+                    type='FCNMaskHead',
+                    num_convs=4,
+                    in_channels=256,
+                    conv_out_channels=256,
+                    num_classes=80,
+                    loss_mask=dict(
+                        type='CrossEntropyLoss', use_mask=True, loss_weight=1.0))),
             train_cfg=dict(
-                rpn=dict(sampler=dict(num=256)),
-                rpn_proposal=dict(nms_pre=2000, max_per_img=1000),
-                rcnn=dict(sampler=dict(num=512))),
+                rpn=dict(
+                    assigner=dict(
+                        type='MaxIoUAssigner', pos_iou_thr=0.7, neg_iou_thr=0.3,
+                        min_pos_iou=0.3, match_low_quality=True, ignore_iof_thr=-1),
+                    sampler=dict(
+                        type='RandomSampler', num=256, pos_fraction=0.5,
+                        neg_pos_ub=-1, add_gt_as_proposals=False),
+                    allowed_border=-1,
+                    pos_weight=-1,
+                    debug=False),
+                rpn_proposal=dict(
+                    nms_pre=2000, max_per_img=1000,
+                    nms=dict(type='nms', iou_threshold=0.7), min_bbox_size=0),
+                rcnn=dict(
+                    assigner=dict(
+                        type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.5,
+                        min_pos_iou=0.5, match_low_quality=True, ignore_iof_thr=-1),
+                    sampler=dict(
+                        type='RandomSampler', num=512, pos_fraction=0.25,
+                        neg_pos_ub=-1, add_gt_as_proposals=True),
+                    mask_size=28,
+                    pos_weight=-1,
+                    debug=False)),
             test_cfg=dict(
-                rpn=dict(nms_pre=1000, max_per_img=1000),
-                rcnn=dict(max_per_img=100))),
+                rpn=dict(
+                    nms_pre=1000, max_per_img=1000,
+                    nms=dict(type='nms', iou_threshold=0.7), min_bbox_size=0),
+                rcnn=dict(
+                    score_thr=0.05,
+                    nms=dict(type='nms', iou_threshold=0.5),
+                    max_per_img=100,
+                    mask_thr_binary=0.5))),
         seg=dict(
             data_preprocessor=dict(size=(512, 512)),
             backbone=dict(out_indices=(3, 5, 7, 11)),
@@ -180,7 +256,8 @@ val_dataloader = dict(
             pipeline=seg_test_pipeline)))
 test_dataloader = val_dataloader
 val_evaluator = dict(
-    det=dict(ann_file='data/coco/annotations/instances_val2017.json'))
+    det=dict(
+        ann_file='data/coco/annotations/instances_val2017.json', metric=['bbox', 'segm']))
 test_evaluator = val_evaluator
 
 # ------------------------------------------------------------------------ schedule

@@ -230,23 +230,39 @@ def test_rerun_is_skipped_unless_forced_or_changed(tmp_path):
     assert len(list((tmp_path / 'cls' / 'train').rglob('*.jpg'))) == 4
 
 
-def test_colour_does_not_predict_class():
-    """A nearest-class-mean classifier on mean RGB stays near chance."""
+def hsv(pixels: np.ndarray) -> np.ndarray:
+    """(N, 3) RGB in [0, 255] -> (N, 3) HSV in [0, 1]."""
+    rgb = pixels / 255
+    value, low = rgb.max(1), rgb.min(1)
+    saturation = np.where(value > 0, (value - low) / np.maximum(value, 1e-6), 0)
+    r, g, b = rgb.T
+    delta = np.maximum(value - low, 1e-6)
+    hue = np.select([value == r, value == g],
+                    [(g - b) / delta, 2 + (b - r) / delta], 4 + (r - g) / delta)
+    return np.stack([hue / 6 % 1, saturation, value], 1)
 
-    def mean_rgb(split, num):
-        labels = np.arange(num) % len(CLS_CLASSES)
-        rgb = [
-            draw_cls_sample(sample_rng(0, 'cls', split, i), label).mean((0, 1))
-            for i, label in enumerate(labels)
-        ]
-        return np.array(rgb), labels
 
-    train, train_labels = mean_rgb('train', 300)
-    val, val_labels = mean_rgb('val', 200)
-    centres = np.stack(
-        [train[train_labels == k].mean(0) for k in range(len(CLS_CLASSES))])
-    predicted = np.linalg.norm(val[:, None] - centres, axis=2).argmin(1)
-    assert (predicted == val_labels).mean() < 2.5 / len(CLS_CLASSES)
+def hue_class(pixels: np.ndarray, num_classes: int) -> int:
+    """The class whose hue band holds the median hue of ``pixels``."""
+    hue = np.median(hsv(pixels)[:, 0])
+    return int(np.round(hue * num_classes)) % num_classes
+
+
+@pytest.mark.parametrize('index', range(6))
+def test_labelled_shapes_wear_their_class_hue_on_muted_backgrounds(index):
+    image, instances = draw_det_sample(sample_rng(SEED, 'det', 'train', index))
+    pixels = image.reshape(-1, 3).astype(float)
+    for instance in instances:
+        inside = pixels[instance['mask'].ravel()]
+        assert hue_class(inside, len(DET_CLASSES)) == instance['label']
+        assert np.median(hsv(inside)[:, 1]) > 0.4
+    labelled = np.any([i['mask'] for i in instances], 0).ravel()
+    assert np.median(hsv(pixels[~labelled])[:, 1]) < 0.35
+
+    label = index % len(CLS_CLASSES)
+    image = draw_cls_sample(sample_rng(SEED, 'cls', 'train', index), label)
+    saturated = image.reshape(-1, 3)[hsv(image.reshape(-1, 3).astype(float))[:, 1] > 0.5]
+    assert hue_class(saturated.astype(float), len(CLS_CLASSES)) == label
 
 
 def test_cli_generates_and_summarises(tmp_path, capsys):

@@ -22,11 +22,15 @@ def test_each_task_drawn_by_its_toolbox(demo_cfg, tmp_path):
         dict(
             type='MultiTaskVisualizationHook',
             hooks=dict(
+                cls=dict(_scope_='mmpretrain', type='VisualizationHook', enable=True,
+                         interval=1),
                 det=dict(_scope_='mmdet', type='DetVisualizationHook', draw=True,
                          interval=1, score_thr=0.),
                 seg=dict(_scope_='mmseg', type='SegVisualizationHook', draw=True,
                          interval=1)),
             visualizers=dict(
+                cls=dict(_scope_='mmpretrain', type='UniversalVisualizer',
+                         vis_backends=backend()),
                 det=dict(_scope_='mmdet', type='DetLocalVisualizer',
                          vis_backends=backend()),
                 seg=dict(_scope_='mmseg', type='SegLocalVisualizer',
@@ -34,12 +38,12 @@ def test_each_task_drawn_by_its_toolbox(demo_cfg, tmp_path):
     ]
     runner = Runner.from_cfg(demo_cfg)
     runner.test()
-    for task in ('det', 'seg'):
+    for task, loader in demo_cfg.test_dataloader.items():
         images = glob.glob(osp.join(runner.log_dir, task, '**', '*.png'), recursive=True)
-        assert images, f'nothing drawn for {task}'
-    assert not osp.exists(osp.join(runner.log_dir, 'cls'))
+        assert len(images) == len(runner.test_loop.dataloaders[task].dataset), task
     hooks = next(h for h in runner.hooks
                  if isinstance(h, MultiTaskVisualizationHook)).hooks
+    assert hooks['cls']._visualizer.dataset_meta['classes'][0] == 'arrow'
     assert hooks['det']._visualizer.dataset_meta['classes'][0] == 'circle'
     assert hooks['seg']._visualizer.dataset_meta['classes'][0] == 'plain'
 

@@ -3,13 +3,17 @@ import copy
 
 import pytest
 import torch
+from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 
+from mod_squad.datasets.synthetic import DET_CLASSES
 from mod_squad.registry import DATASETS, MODELS
 
 TASKS = ('cls', 'det', 'seg')
+FULL_RECIPE = ('configs/mod_squad/'
+               'mod-squad_vit-b-p16_mask-rcnn_upernet_8xb_160k_in1k-coco-ade20k.py')
 
 
 def build_model(cfg):
@@ -36,7 +40,7 @@ def test_joint_steps_train_only_the_running_branch(demo_cfg):
     model = build_model(demo_cfg)
     optim_wrapper = build_optim_wrapper(model, demo_cfg.optim_wrapper)
     expected = dict(cls={'cls.loss'},
-                    det={'det.loss_rpn_cls', 'det.loss_cls', 'det.loss_mask'},
+                    det={'det.loss_cls', 'det.loss_bbox'},
                     seg={'seg.decode.loss_ce', 'seg.aux.loss_ce'})
     for task in TASKS:
         batch = task_batch(demo_cfg, task)
@@ -128,41 +132,25 @@ def test_layer_wise_lr_decay_with_mmpretrain_constructor(demo_cfg):
     assert lr['branches.det.neck.lateral_convs.0.conv.weight'] == pytest.approx(1e-3)
 
 
-def test_one_stage_detector_branch_and_batch_augments(demo_cfg):
-    """RetinaNet as the det branch; Mixup in the cls branch's stock preprocessor."""
-    det = demo_cfg.model.branches.det
-    demo_cfg.model.branches.det = dict(
-        _scope_='mmdet',
-        type='RetinaNet',
-        data_preprocessor=det.data_preprocessor,
-        backbone=det.backbone,
-        neck=dict(det.neck, start_level=0, add_extra_convs='on_input', num_outs=4),
-        bbox_head=dict(
-            type='RetinaHead',
-            num_classes=5,
-            in_channels=64,
-            stacked_convs=1,
-            feat_channels=64,
-            anchor_generator=dict(
-                type='AnchorGenerator', octave_base_scale=4, scales_per_octave=1,
-                ratios=[1.0], strides=[4, 8, 16, 32]),
-            bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[.0] * 4,
-                            target_stds=[1.0] * 4),
-            loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
-                          loss_weight=1.0),
-            loss_bbox=dict(type='L1Loss', loss_weight=1.0)),
-        train_cfg=dict(
-            assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.4,
-                          min_pos_iou=0, ignore_iof_thr=-1),
-            sampler=dict(type='PseudoSampler'), allowed_border=-1, pos_weight=-1,
-            debug=False),
-        test_cfg=dict(nms_pre=100, min_bbox_size=0, score_thr=0.05,
-                      nms=dict(type='nms', iou_threshold=0.5), max_per_img=20))
+def test_two_stage_detector_with_masks_and_batch_augments(demo_cfg):
+    """The full recipe's Mask R-CNN as the det branch (box and mask losses, masks
+    predicted); Mixup in the cls branch's stock preprocessor."""
+    det = Config.fromfile(FULL_RECIPE).model.branches.det
+    assert det.type == 'MaskRCNN'
+    det.neck.in_channels = [demo_cfg.embed_dims] * 4
+    det.roi_head.bbox_head.num_classes = len(DET_CLASSES)
+    det.roi_head.mask_head.num_classes = len(DET_CLASSES)
+    demo_cfg.model.branches.det = det
+    load_annotations = demo_cfg.train_dataloader.dataset.datasets.det.pipeline[1]
+    assert load_annotations.type == 'LoadAnnotations'
+    load_annotations.with_mask = True
     demo_cfg.model.branches.cls.train_cfg = dict(augments=dict(type='Mixup', alpha=1.))
     model = build_model(demo_cfg)
     optim_wrapper = build_optim_wrapper(model, demo_cfg.optim_wrapper)
     log_vars = model.train_step(task_batch(demo_cfg, 'det'), optim_wrapper)
-    assert {'det.loss_cls', 'det.loss_bbox'} <= set(log_vars)
+    assert {'det.loss_rpn_cls', 'det.loss_cls', 'det.loss_bbox',
+            'det.loss_mask'} <= set(log_vars)
+    assert all(torch.isfinite(torch.as_tensor(v)) for v in log_vars.values())
     batch = model.data_preprocessor(task_batch(demo_cfg, 'cls'), True)
     scores = torch.stack([s.gt_score for s in batch['data_samples']])
     assert scores.shape == (2, 10)  # mixed one-hot targets from mmpretrain's Mixup
@@ -170,4 +158,31 @@ def test_one_stage_detector_branch_and_batch_augments(demo_cfg):
     model.eval()
     with torch.no_grad():
         results = model.val_step(task_batch(demo_cfg, 'det'))
-    assert results[0].pred_instances.bboxes.shape[-1] == 4
+    pred = results[0].pred_instances
+    assert pred.bboxes.shape[-1] == 4
+    assert pred.masks.shape[1:] == results[0].ori_shape
+
+
+def test_amp_optim_wrapper_runs_experts_in_low_precision_and_routers_in_fp32(
+        demo_cfg, monkeypatch):
+    """What ``tools/train.py --amp`` sets up (mmengine's AmpOptimWrapper), here with
+    CPU bf16 autocast: every task's joint step runs the experts in bf16 and the
+    routers in fp32, and trains with finite losses."""
+    from mmengine.optim.optimizer import amp_optimizer_wrapper
+    monkeypatch.setattr(amp_optimizer_wrapper, 'is_cuda_available', lambda: True)
+    model = build_model(demo_cfg)
+    demo_cfg.optim_wrapper.update(type='AmpOptimWrapper', dtype='bfloat16',
+                                  loss_scale='dynamic')
+    optim_wrapper = build_optim_wrapper(model, demo_cfg.optim_wrapper)
+    ffn = model.backbone.layers[1].ffn
+    dtypes = []
+    ffn.router.register_forward_hook(
+        lambda m, args, out: dtypes.append(('router', out.logits.dtype)))
+    ffn.experts.register_forward_hook(lambda m, args, out: dtypes.append(('experts', out.dtype)))
+    for task in TASKS:
+        dtypes.clear()
+        before = snapshot(model.branches[task])
+        log_vars = model.train_step(task_batch(demo_cfg, task), optim_wrapper)
+        assert set(dtypes) == {('router', torch.float32), ('experts', torch.bfloat16)}
+        assert all(torch.isfinite(torch.as_tensor(v)) for v in log_vars.values())
+        assert changed(before, model.branches[task])

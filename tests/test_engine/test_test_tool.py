@@ -1,0 +1,52 @@
+"""tools/test.py: evaluating a checkpoint or the initialised (untrained) model."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.registry import init_default_scope
+
+from mod_squad.datasets.synthetic import CLS_CLASSES
+from mod_squad.registry import MODELS
+
+TOOL = Path(__file__).parents[2] / 'tools/test.py'
+
+
+@pytest.fixture(scope='module')
+def tool():
+    spec = importlib.util.spec_from_file_location('test_tool', TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('argv', [[], ['ckpt.pth', '--untrained']])
+def test_needs_a_checkpoint_or_untrained(tool, argv, capsys):
+    with pytest.raises(SystemExit):
+        tool.parse_args(['config.py', *argv])
+    assert 'give a checkpoint, or --untrained' in capsys.readouterr().err
+
+
+def test_untrained_evaluates_the_seeded_initialisation(tool, demo_cfg, tmp_path):
+    demo_cfg.test_dataloader.cls.update(num_workers=0, persistent_workers=False)
+    config = tmp_path / 'demo.py'
+    demo_cfg.dump(config)
+
+    def evaluate(*argv):
+        return tool.main([str(config), *argv, '--task', 'cls', '--work-dir',
+                          str(tmp_path)])
+
+    untrained = evaluate('--untrained')
+    assert set(untrained) == {'cls/accuracy/top1', 'cls/accuracy/top5'}
+    assert evaluate('--untrained') == untrained  # the same seeded weights
+
+    # A checkpoint whose classifier always says class 3: top-1 = its share of val.
+    init_default_scope('mod_squad')
+    model = MODELS.build(demo_cfg.model)
+    head = model.branches['cls'].head.fc
+    head.weight.data.zero_()
+    head.bias.data.copy_(torch.nn.functional.one_hot(torch.tensor(3), len(CLS_CLASSES)))
+    checkpoint = tmp_path / 'class3.pth'
+    torch.save(dict(state_dict=model.state_dict()), checkpoint)
+    assert evaluate(str(checkpoint))['cls/accuracy/top1'] == pytest.approx(
+        100 / len(CLS_CLASSES))
