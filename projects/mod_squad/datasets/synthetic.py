@@ -266,8 +266,8 @@ def _finish(rng: np.random.Generator, canvas: np.ndarray) -> np.ndarray:
 def draw_cls_sample(rng: np.random.Generator,
                     label: int,
                     img_size: int = 64) -> np.ndarray:
-    """One shape of class ``CLS_CLASSES[label]`` over a random background
-    and stick clutter. Returns the RGB image (img_size, img_size, 3)."""
+    """One shape of class ``CLS_CLASSES[label]``, in the class's hues, over
+    a random muted background and stick clutter. Returns the RGB image (img_size, img_size, 3)."""
     canvas = _background(rng, img_size)
     _clutter(rng, canvas, ('stick', ), 3, (0.15, 0.4))
     polygon = _random_shape(rng, CLS_CLASSES[label], img_size, (0.25, 0.45))[0]
@@ -279,8 +279,9 @@ def draw_cls_sample(rng: np.random.Generator,
 def draw_det_sample(rng: np.random.Generator,
                     img_size: int = 128,
                     max_instances: int = 4) -> tuple:
-    """1 to ``max_instances`` disjoint shapes of ``DET_CLASSES`` over a random
-    background and unlabelled distractor shapes.
+    """1 to ``max_instances`` disjoint shapes of ``DET_CLASSES``, each in its
+    class's hues, over a random muted background and muted unlabelled
+    distractor shapes.
 
     Returns:
         tuple: RGB image (img_size, img_size, 3) and the instances, a list of
@@ -308,8 +309,9 @@ def draw_det_sample(rng: np.random.Generator,
 
 
 def draw_seg_sample(rng: np.random.Generator, img_size: int = 128) -> tuple:
-    """Wobbly Voronoi regions of ``SEG_STUFF`` textures, stick clutter left
-    unlabelled, then one to four possibly overlapping ``SEG_THINGS``.
+    """Wobbly Voronoi regions of ``SEG_STUFF`` textures in muted colours, stick
+    clutter left unlabelled, then one to four possibly overlapping
+    ``SEG_THINGS`` in their class's hues.
 
     Returns:
         tuple: RGB image (img_size, img_size, 3) and the uint8 label map as

@@ -228,9 +228,10 @@ class ModSquadViT(BaseModule):
         return self._task
 
     def set_task(self, task: str) -> None:
-        self._task = self._check_task(task)
+        self._task = self.check_task(task)
 
-    def _check_task(self, task: str) -> str:
+    def check_task(self, task: str) -> str:
+        """``task`` if this backbone has routers for it, else a ValueError."""
         if task not in self.task_names:
             raise ValueError(f'Unknown task {task!r}; this ModSquadViT has tasks '
                              f'{list(self.task_names)}.')
@@ -290,7 +291,7 @@ class ModSquadViT(BaseModule):
         Returns:
             The tokens of the chosen blocks and the patch grid (H/16, W/16).
         """
-        task = self._check_task(task) if task is not None else self._task
+        task = self.check_task(task) if task is not None else self._task
         out_indices = self.out_indices if out_indices is None else [
             i % self.num_layers for i in out_indices]
         B = x.shape[0]

@@ -44,7 +44,7 @@ class SharedBackboneView(BaseModule):
     def bind(self, backbone, task: str) -> None:
         """Run ``backbone`` (a ModSquadViT) with the routers of ``task``."""
         check_out_type(self.out_type, backbone.cls_token is not None)
-        self.task = backbone._check_task(task)
+        self.task = backbone.check_task(task)
         self.__dict__['shared'] = backbone
         add_output_modules(self, self.out_type, backbone.embed_dims, self.pyramid_scales,
                            self.norm_cfg)
