@@ -24,10 +24,10 @@ def test_usage_logged_per_task_and_saved_with_checkpoints():
         moe_layers='mlp')
     router = model.layers[0].ffn.router
     with torch.no_grad():  # task 'a' always picks expert 2, 'b' spreads
-        router.weight.zero_()
-        router.bias.zero_()
-        router.bias[0, 2] = 10.
-        router.weight[1].normal_(std=5.)
+        router.weight['a'].zero_()
+        router.bias['a'].zero_()
+        router.bias['a'][2] = 10.
+        router.weight['b'].normal_(std=5.)
     hook = ExpertUsageHook(interval=2)
     hook.before_train(make_runner(model, 0))
     x = torch.randn(2, 3, 32, 32)

@@ -37,12 +37,15 @@ def changed(before, module):
 
 
 def test_joint_steps_train_only_the_running_branch(demo_cfg):
+    """Each step trains its task's branch, routers and task embedding and the shared
+    experts; the other tasks' branches, routers and embeddings stay exactly as they
+    are, also in the second round, when AdamW has momentum for all of them."""
     model = build_model(demo_cfg)
     optim_wrapper = build_optim_wrapper(model, demo_cfg.optim_wrapper)
     expected = dict(cls={'cls.loss'},
                     det={'det.loss_cls', 'det.loss_bbox'},
                     seg={'seg.decode.loss_ce', 'seg.aux.loss_ce'})
-    for task in TASKS:
+    for task in TASKS * 2:
         batch = task_batch(demo_cfg, task)
         branches = {t: snapshot(model.branches[t]) for t in TASKS}
         backbone = snapshot(model.backbone)
@@ -60,8 +63,11 @@ def test_joint_steps_train_only_the_running_branch(demo_cfg):
                 assert not moved, f'{task} step changed branch {other}: {moved}'
         moved = changed(backbone, model.backbone)
         assert any('experts' in n for n in moved)
-        router_rows = model.backbone.layers[1].ffn.router.weight
-        assert router_rows.shape[0] == 3
+        per_task = {t: {n for n in backbone if n.endswith(f'.{t}')} for t in TASKS}
+        assert len(per_task[task]) == 1 + 2 * 6  # task_embed, router weight + bias
+        assert per_task[task] <= moved, per_task[task] - moved
+        for other in set(TASKS) - {task}:
+            assert not per_task[other] & moved, f'{task} step moved {other}\'s routers'
 
 
 def test_predict_returns_each_toolboxs_data_samples(demo_cfg):

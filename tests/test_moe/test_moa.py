@@ -35,7 +35,7 @@ def test_matches_per_token_reference(num_experts, top_k, shape, qkv_bias):
 def test_all_heads_equal_dense_multi_query_attention():
     layer = _layer(4, 4)
     x = torch.randn(2, 5, 16)
-    probs = torch.softmax(x @ layer.router.weight[0] + layer.router.bias[0], -1)
+    probs = torch.softmax(x @ layer.router.weight[TASKS[0]] + layer.router.bias[TASKS[0]], -1)
     k, v = layer.kv_proj(x).chunk(2, dim=-1)
     dense = layer.o_bias
     for e in range(4):
@@ -74,8 +74,8 @@ def test_parameter_names_and_shapes():
     assert layer.task_names == TASKS
     shapes = {name: tuple(p.shape) for name, p in layer.named_parameters()}
     assert shapes == {
-        'router.weight': (2, 16, 6),
-        'router.bias': (2, 6),
+        **{f'router.weight.{t}': (16, 6) for t in TASKS},
+        **{f'router.bias.{t}': (6, ) for t in TASKS},
         'q_proj': (6, 16, 8),
         'q_bias': (6, 8),
         'kv_proj.weight': (16, 16),

@@ -43,7 +43,7 @@ def test_router_variants_match_reference(hidden, renormalize):
 def test_all_experts_equal_the_dense_weighted_sum():
     layer = _layer(5, 5)
     x = torch.randn(6, 16)
-    probs = torch.softmax(x @ layer.router.weight[0] + layer.router.bias[0], -1)
+    probs = torch.softmax(x @ layer.router.weight[TASKS[0]] + layer.router.bias[TASKS[0]], -1)
     ex = layer.experts
     dense = sum((probs[:, e:e + 1] + GATE_EPS) *
                 (F.gelu(x @ ex.w1[e] + ex.b1[e]) @ ex.w2[e] + ex.b2[e])
@@ -96,13 +96,13 @@ def test_activation_checkpointing_records_routing_once():
     torch.testing.assert_close(x.grad, ref.grad)
 
 
-def test_exposes_task_names_and_stacked_weights():
+def test_exposes_task_names_and_per_task_router_weights():
     layer = MoEMLP(16, 4, 2, 8, TASKS)
     assert layer.task_names == TASKS
     shapes = {name: tuple(p.shape) for name, p in layer.named_parameters()}
     assert shapes == {
-        'router.weight': (2, 16, 4),
-        'router.bias': (2, 4),
+        **{f'router.weight.{t}': (16, 4) for t in TASKS},
+        **{f'router.bias.{t}': (4, ) for t in TASKS},
         'experts.w1': (4, 16, 8),
         'experts.b1': (4, 8),
         'experts.w2': (4, 8, 16),

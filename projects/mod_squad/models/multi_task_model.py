@@ -28,7 +28,8 @@ class ModSquadMultiTaskModel(BaseModel):
     auxiliary losses (``loss_moe_mi``, ...); ``'predict'`` returns the toolbox's own
     data samples, so its evaluators and visualizers work unchanged.
 
-    Under DDP, branches of the tasks not in an iteration get no gradient: wrap with
+    Branches, routers and task embeddings of the tasks not in an iteration get no
+    gradient (``None``, so optimisers leave them alone); under DDP wrap with
     ``model_wrapper_cfg=dict(type='MMDistributedDataParallel',
     find_unused_parameters=True)``.
 

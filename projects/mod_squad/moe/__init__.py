@@ -1,6 +1,6 @@
 """Plain-PyTorch mixture-of-experts core of Mod-Squad (imports only torch).
 
-- :mod:`.router`: :class:`TaskRouter` (per-task top-k routers stacked in one parameter)
+- :mod:`.router`: :class:`TaskRouter` (top-k routers, own parameters per task)
   and :class:`RouterOutput`.
 - :mod:`.dispatch`: :class:`TokenDispatch`, dropless sort-by-expert reordering.
 - :mod:`.experts`: :func:`grouped_linear` (per-expert loop or ``torch._grouped_mm``) and

@@ -1,8 +1,11 @@
-"""Task routers: one top-k router per task, stacked in single parameters.
+"""Task routers: one top-k router per task, each in its own parameters.
 
-The routers of all tasks live in one tensor per layer (``weight (T, D, E)``), indexed by
-the task of the forward. Every parameter therefore takes part in every iteration, and
-DDP needs no ``find_unused_parameters``.
+A layer keeps its routers in parameter dicts keyed by task name (``weight.<task>``
+(D, E)), as the Mod-Squad code keeps one gate module per task. The routers of the
+tasks absent from an iteration get no gradient (``None``), so optimisers such as AdamW
+leave them exactly as they are (no momentum or weight-decay drift), a checkpoint's
+routers load by task name, and under DDP ``find_unused_parameters=True`` is needed (as
+for the per-task heads anyway).
 """
 from typing import Dict, NamedTuple, Optional, Sequence
 
@@ -34,9 +37,9 @@ class RouterOutput(NamedTuple):
 class TaskRouter(nn.Module):
     """Per-task top-k router, linear or a 2-layer MLP (``C -> hidden -> E``, ReLU).
 
-    Parameters, T = number of tasks, D = ``hidden_features or in_features``:
-    ``weight (T, D, E)``, ``bias (T, E)``; with ``hidden_features``, ``hidden_weight
-    (T, C, D)`` and ``hidden_bias (T, D)``; with noisy gating, ``noise_weight (T, D, E)``.
+    Parameter dicts keyed by task, D = ``hidden_features or in_features``: ``weight``
+    (D, E), ``bias`` (E,); with ``hidden_features``, ``hidden_weight`` (C, D) and
+    ``hidden_bias`` (D,); with noisy gating, ``noise_weight`` (D, E).
 
     Args:
         in_features (int): Token width C.
@@ -65,9 +68,10 @@ class TaskRouter(nn.Module):
         if not 0 < top_k <= num_experts:
             raise ValueError(f'top_k must be in [1, num_experts={num_experts}], '
                              f'got {top_k}.')
-        if len(task_names) == 0 or len(set(task_names)) != len(task_names):
-            raise ValueError(f'task_names must be unique and non-empty, got '
-                             f'{list(task_names)}.')
+        if (len(task_names) == 0 or len(set(task_names)) != len(task_names)
+                or any(not t or '.' in t for t in task_names)):
+            raise ValueError(f'task_names must be unique, non-empty names without '
+                             f'dots, got {list(task_names)}.')
         self.task_names = tuple(task_names)
         self._task_to_index: Dict[str, int] = {
             name: i for i, name in enumerate(self.task_names)}
@@ -75,43 +79,40 @@ class TaskRouter(nn.Module):
         self.top_k = top_k
         self.renormalize = renormalize
         self.zero_init = zero_init
-        num_tasks = len(task_names)
         dims = hidden_features or in_features
-        if hidden_features:
-            self.hidden_weight = nn.Parameter(
-                torch.empty(num_tasks, in_features, hidden_features))
-            self.hidden_bias = nn.Parameter(torch.empty(num_tasks, hidden_features))
-        else:
-            self.register_parameter('hidden_weight', None)
-            self.register_parameter('hidden_bias', None)
-        self.weight = nn.Parameter(torch.empty(num_tasks, dims, num_experts))
-        self.bias = nn.Parameter(torch.empty(num_tasks, num_experts))
-        if noisy_gating:
-            self.noise_weight = nn.Parameter(torch.empty(num_tasks, dims, num_experts))
-        else:
-            self.register_parameter('noise_weight', None)
+
+        def per_task(*shape: int) -> nn.ParameterDict:
+            return nn.ParameterDict(
+                {t: nn.Parameter(torch.empty(*shape)) for t in self.task_names})
+
+        self.hidden_weight = per_task(in_features, dims) if hidden_features else None
+        self.hidden_bias = per_task(dims) if hidden_features else None
+        self.weight = per_task(dims, num_experts)
+        self.bias = per_task(num_experts)
+        self.noise_weight = per_task(dims, num_experts) if noisy_gating else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Hidden layer: truncated normal; output (and noise) layer: zeros or normal."""
-        if self.hidden_weight is not None:
-            nn.init.trunc_normal_(self.hidden_weight, std=INIT_STD)
-            nn.init.zeros_(self.hidden_bias)
-        for weight in (self.weight, self.noise_weight):
-            if weight is None:
-                continue
-            if self.zero_init:
-                nn.init.zeros_(weight)
-            else:
-                nn.init.trunc_normal_(weight, std=INIT_STD)
-        nn.init.zeros_(self.bias)
+        for task in self.task_names:
+            if self.hidden_weight is not None:
+                nn.init.trunc_normal_(self.hidden_weight[task], std=INIT_STD)
+                nn.init.zeros_(self.hidden_bias[task])
+            for weights in (self.weight, self.noise_weight):
+                if weights is None:
+                    continue
+                if self.zero_init:
+                    nn.init.zeros_(weights[task])
+                else:
+                    nn.init.trunc_normal_(weights[task], std=INIT_STD)
+            nn.init.zeros_(self.bias[task])
 
     @property
     def noisy_gating(self) -> bool:
         return self.noise_weight is not None
 
     def task_index(self, task: str) -> int:
-        """Row of ``task`` in the stacked router parameters."""
+        """Position of ``task`` in :attr:`task_names` (its row in per-task statistics)."""
         try:
             return self._task_to_index[task]
         except KeyError:
@@ -120,17 +121,17 @@ class TaskRouter(nn.Module):
 
     def forward(self, x: torch.Tensor, task: str) -> RouterOutput:
         """x: (N, C) tokens, any dtype; returns the fp32 :class:`RouterOutput`."""
-        t = self.task_index(task)
+        self.task_index(task)  # a clear error for an unknown task
         # Routing in fp32 on purpose, even under autocast: bf16 logits would tie and
         # flip the top-k choices, and the softmax feeds the auxiliary losses.
         with torch.autocast(x.device.type, enabled=False):
             h = x.float()
             if self.hidden_weight is not None:
-                h = F.relu(torch.addmm(self.hidden_bias[t].float(), h,
-                                       self.hidden_weight[t].float()))
-            logits = torch.addmm(self.bias[t].float(), h, self.weight[t].float())
+                h = F.relu(torch.addmm(self.hidden_bias[task].float(), h,
+                                       self.hidden_weight[task].float()))
+            logits = torch.addmm(self.bias[task].float(), h, self.weight[task].float())
             if self.noise_weight is not None and self.training:
-                noise_std = F.softplus(h @ self.noise_weight[t].float()) + NOISE_EPS
+                noise_std = F.softplus(h @ self.noise_weight[task].float()) + NOISE_EPS
                 logits = logits + torch.randn_like(logits) * noise_std
             probs = logits.softmax(dim=-1)
             # A stable sort (not topk) so that ties, e.g. every expert equally likely

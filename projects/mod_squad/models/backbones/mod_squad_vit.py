@@ -121,9 +121,10 @@ class ModSquadViT(BaseModule):
         num_heads = self.arch_settings['num_heads']
         feedforward_channels = self.arch_settings['feedforward_channels']
 
-        if len(task_names) == 0 or len(set(task_names)) != len(task_names):
-            raise ValueError(f'task_names must be unique and non-empty, got '
-                             f'{list(task_names)}.')
+        if (len(task_names) == 0 or len(set(task_names)) != len(task_names)
+                or any(not t or '.' in t for t in task_names)):
+            raise ValueError(f'task_names must be unique, non-empty names without '
+                             f'dots, got {list(task_names)}.')
         self.task_names = tuple(task_names)
         self._task = self.task_names[0]
         check_out_type(out_type, with_cls_token)
@@ -148,8 +149,11 @@ class ModSquadViT(BaseModule):
             torch.zeros(1, self.num_extra_tokens + math.prod(self.patch_resolution),
                         embed_dims))
         self.drop_after_pos = nn.Dropout(p=drop_rate)
-        self.task_embed = nn.Parameter(torch.zeros(
-            len(task_names), num_layers, embed_dims)) if task_embed else None
+        # One (L, C) embedding per task, by name: absent tasks get no gradient.
+        self.task_embed = nn.ParameterDict({
+            task: nn.Parameter(torch.zeros(num_layers, embed_dims))
+            for task in task_names
+        }) if task_embed else None
 
         if isinstance(out_indices, int):
             out_indices = [out_indices]
@@ -307,7 +311,7 @@ class ModSquadViT(BaseModule):
         x = self.drop_after_pos(x)
         task_embed = None
         if self.task_embed is not None:
-            task_embed = self.task_embed[self.task_names.index(task)]
+            task_embed = self.task_embed[task]
 
         tokens = []
         for i, layer in enumerate(self.layers):
@@ -335,8 +339,8 @@ class ModSquadViT(BaseModule):
         if not param_name.startswith(prefix):
             return num_depths - 1, num_depths
         name = param_name[len(prefix):]
-        if name in ('cls_token', 'pos_embed', 'task_embed') or name.startswith(
-                'patch_embed'):
+        if name in ('cls_token', 'pos_embed') or name.startswith(
+                ('patch_embed', 'task_embed.')):
             return 0, num_depths
         if name.startswith('layers.'):
             return int(name.split('.')[1]) + 1, num_depths
