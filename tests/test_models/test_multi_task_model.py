@@ -192,3 +192,15 @@ def test_amp_optim_wrapper_runs_experts_in_low_precision_and_routers_in_fp32(
         assert set(dtypes) == {('router', torch.float32), ('experts', torch.bfloat16)}
         assert all(torch.isfinite(torch.as_tensor(v)) for v in log_vars.values())
         assert changed(before, model.branches[task])
+
+
+def test_init_weights_applies_every_branchs_init_cfg(demo_cfg):
+    """The toolboxes' head initialisations run (RetinaNet's prior on the class
+    logits, Normal(0.01) for mmpretrain's and mmseg's classifiers), not torch's
+    defaults, which are several times wider."""
+    model = build_model(demo_cfg)
+    prior = -torch.log(torch.tensor((1 - 0.01) / 0.01))
+    retina_cls = model.branches['det'].bbox_head.retina_cls
+    torch.testing.assert_close(retina_cls.bias, prior.expand_as(retina_cls.bias))
+    assert model.branches['cls'].head.fc.weight.std() < 0.02
+    assert model.branches['seg'].decode_head.conv_seg.weight.std() < 0.02

@@ -2,8 +2,7 @@
 from typing import Dict, List, Optional, Union
 
 import torch
-import torch.nn as nn
-from mmengine.model import BaseModel
+from mmengine.model import BaseModel, ModuleDict
 
 from mod_squad.moe import collect_aux_losses
 from mod_squad.registry import MODELS
@@ -56,7 +55,9 @@ class ModSquadMultiTaskModel(BaseModel):
         if no_router:
             raise ValueError(f'Branches {no_router} have no router in the backbone, '
                              f'whose task_names are {list(self.backbone.task_names)}.')
-        self.branches = nn.ModuleDict(
+        # mmengine's ModuleDict: init_weights reaches every branch's init_cfg (heads'
+        # priors, FPN Xavier, ...); torch's would skip them.
+        self.branches = ModuleDict(
             {task: MODELS.build(cfg) for task, cfg in branches.items()})
         for task, branch in self.branches.items():
             if not isinstance(getattr(branch, 'backbone', None), SharedBackboneView):
