@@ -330,3 +330,9 @@ def test_metrics_table_has_a_row_per_metric():
     table = metrics_table({'seg/mIoU': np.float32(7.95), 'det/coco/bbox_mAP': 0.5})
     assert '| seg  | mIoU          | 7.9500 |' in table
     assert '| det  | coco/bbox_mAP | 0.5000 |' in table
+
+
+def test_metrics_table_shows_tasks_without_metrics():
+    table = metrics_table({'cls/accuracy/top1': 11.5}, tasks=('cls', 'det'))
+    assert '| det  | (no metrics)  | -       |' in table
+    assert table.count('no metrics') == 1

@@ -106,6 +106,11 @@ class MultiTaskEvalLoop(BaseLoop):
         for idx, data_batch in enumerate(self.dataloader):
             self.run_iter(idx, data_batch)
         metrics = self.evaluator.evaluate(num_samples)
+        if not metrics:
+            print_log(
+                f'Task {task}: its evaluator returned no metrics (mmdet\'s CocoMetric '
+                'returns none when nothing was predicted above the score threshold).',
+                logger='current', level=logging.WARNING)
         return {f'{task}/{key}': value for key, value in metrics.items()}
 
     @torch.no_grad()
@@ -146,13 +151,13 @@ class MultiTaskTestLoop(MultiTaskEvalLoop):
     def run(self) -> Dict[str, float]:
         """Test all tasks, then log their metrics as one table."""
         metrics = super().run()
-        print_log('\n' + metrics_table(metrics), logger='current')
+        print_log('\n' + metrics_table(metrics, self.tasks), logger='current')
         return metrics
 
 
-def metrics_table(metrics: Dict[str, float]) -> str:
+def metrics_table(metrics: Dict[str, float], tasks: Sequence[str] = ()) -> str:
     """ASCII table of prefixed metrics, one ``task | metric | value`` row
-    each."""
+    each, and a ``no metrics`` row for each of ``tasks`` without any."""
     rows = [['task', 'metric', 'value']]
     for key, value in metrics.items():
         task, name = key.split('/', 1)
@@ -160,6 +165,8 @@ def metrics_table(metrics: Dict[str, float]) -> str:
             [task, name,
              f'{value:.4f}' if isinstance(value, (float, np.floating))
              else str(value)])
+    rows += [[task, '(no metrics)', '-'] for task in tasks
+             if not any(key.startswith(f'{task}/') for key in metrics)]
     return AsciiTable(rows).table
 
 
