@@ -1,5 +1,8 @@
 """Shared fixtures. OpenMMLab is imported inside them, so that tests/test_moe also
 runs on a machine with only PyTorch."""
+import importlib.util
+from pathlib import Path
+
 import pytest
 
 DEMO_CONFIG = 'configs/mod_squad/mod-squad_vit-demo_2k_synthetic-cls-det-seg.py'
@@ -18,6 +21,20 @@ def synthetic_root(tmp_path_factory):
         det=dict(num_train=8, num_val=4),
         seg=dict(num_train=8, num_val=4))
     return root
+
+
+@pytest.fixture(scope='session')
+def load_script():
+    """Import a script of the repository (e.g. ``tools/test.py``) as a module."""
+
+    def load(path: str):
+        file = Path(__file__).parents[1] / path
+        spec = importlib.util.spec_from_file_location(file.stem, file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 def retarget(cfg, old: str, new: str):

@@ -1,7 +1,6 @@
 """The synthetic data loads through the stock mmpretrain, mmdet and mmseg
 datasets and matches what the generator drew."""
 import importlib
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ SMALL = dict(
     cls=dict(num_train=20, num_val=10),
     det=dict(num_train=6, num_val=3, max_instances=4),
     seg=dict(num_train=6, num_val=3))
-CLI = Path(__file__).parents[2] / 'tools/dataset_converters/make_synthetic.py'
 
 
 @pytest.fixture(scope='module')
@@ -265,10 +263,8 @@ def test_labelled_shapes_wear_their_class_hue_on_muted_backgrounds(index):
     assert hue_class(saturated.astype(float), len(CLS_CLASSES)) == label
 
 
-def test_cli_generates_and_summarises(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location('make_synthetic', CLI)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+def test_cli_generates_and_summarises(tmp_path, capsys, load_script):
+    cli = load_script('tools/dataset_converters/make_synthetic.py')
     cli.main(f'--out {tmp_path} --cls-train 3 --cls-val 2 --cls-size 32 '
              '--det-train 2 --det-val 1 --det-max-instances 2 '
              '--seg-train 2 --seg-val 1'.split())

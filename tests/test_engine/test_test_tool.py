@@ -1,7 +1,4 @@
 """tools/test.py: evaluating a checkpoint or the initialised (untrained) model."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from mmengine.registry import init_default_scope
@@ -9,15 +6,10 @@ from mmengine.registry import init_default_scope
 from mod_squad.datasets.synthetic import CLS_CLASSES
 from mod_squad.registry import MODELS
 
-TOOL = Path(__file__).parents[2] / 'tools/test.py'
-
 
 @pytest.fixture(scope='module')
-def tool():
-    spec = importlib.util.spec_from_file_location('test_tool', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool(load_script):
+    return load_script('tools/test.py')
 
 
 @pytest.mark.parametrize('argv', [[], ['ckpt.pth', '--untrained']])

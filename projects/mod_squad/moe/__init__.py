@@ -17,13 +17,13 @@ from .losses import (MoEAuxLossConfig, RouterAuxLoss, collect_aux_losses,
 from .moa import MoAttention
 from .moe_mlp import MoEMLP
 from .routed_layer import RoutedLayer
-from .router import RouterOutput, TaskRouter
+from .router import RouterOutput, TaskRouter, check_task_names
 from .stats import (ExpertUsage, all_reduce_expert_usage, expert_usage_modules,
                     num_experts_used, reset_expert_usage, stack_expert_usage,
                     usage_entropy, usage_share)
 
 __all__ = [
-    'TaskRouter', 'RouterOutput', 'TokenDispatch', 'GroupedExperts', 'grouped_linear',
+    'TaskRouter', 'RouterOutput', 'check_task_names', 'TokenDispatch', 'GroupedExperts', 'grouped_linear',
     'grouped_mm_supported', 'RoutedLayer', 'MoEMLP', 'MoAttention',
     'MoEAuxLossConfig', 'RouterAuxLoss', 'collect_aux_losses',
     'mutual_information_loss', 'switch_loss', 'ExpertUsage', 'expert_usage_modules',

@@ -7,7 +7,7 @@ leave them exactly as they are (no momentum or weight-decay drift), a checkpoint
 routers load by task name, and under DDP ``find_unused_parameters=True`` is needed (as
 for the per-task heads anyway).
 """
-from typing import Dict, NamedTuple, Optional, Sequence
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -32,6 +32,16 @@ class RouterOutput(NamedTuple):
     indices: torch.Tensor
     gates: torch.Tensor
     logits: torch.Tensor
+
+
+def check_task_names(task_names: Sequence[str]) -> Tuple[str, ...]:
+    """``task_names`` as a tuple; ValueError unless they are unique, non-empty
+    names without dots (they key per-task parameters)."""
+    if (len(task_names) == 0 or len(set(task_names)) != len(task_names)
+            or any(not t or '.' in t for t in task_names)):
+        raise ValueError(f'task_names must be unique, non-empty names without '
+                         f'dots, got {list(task_names)}.')
+    return tuple(task_names)
 
 
 class TaskRouter(nn.Module):
@@ -68,11 +78,7 @@ class TaskRouter(nn.Module):
         if not 0 < top_k <= num_experts:
             raise ValueError(f'top_k must be in [1, num_experts={num_experts}], '
                              f'got {top_k}.')
-        if (len(task_names) == 0 or len(set(task_names)) != len(task_names)
-                or any(not t or '.' in t for t in task_names)):
-            raise ValueError(f'task_names must be unique, non-empty names without '
-                             f'dots, got {list(task_names)}.')
-        self.task_names = tuple(task_names)
+        self.task_names = check_task_names(task_names)
         self._task_to_index: Dict[str, int] = {
             name: i for i, name in enumerate(self.task_names)}
         self.num_experts = num_experts

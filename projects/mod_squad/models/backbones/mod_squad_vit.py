@@ -13,7 +13,7 @@ from mmengine.model.weight_init import trunc_normal_
 from mmengine.runner.checkpoint import CheckpointLoader
 from mmpretrain.models.utils import resize_pos_embed
 
-from mod_squad.moe import MoEAuxLossConfig
+from mod_squad.moe import MoEAuxLossConfig, check_task_names
 from mod_squad.registry import register_model
 from .mod_squad_block import ModSquadBlock
 from .vit_checkpoint import convert_to_mod_squad
@@ -121,11 +121,7 @@ class ModSquadViT(BaseModule):
         num_heads = self.arch_settings['num_heads']
         feedforward_channels = self.arch_settings['feedforward_channels']
 
-        if (len(task_names) == 0 or len(set(task_names)) != len(task_names)
-                or any(not t or '.' in t for t in task_names)):
-            raise ValueError(f'task_names must be unique, non-empty names without '
-                             f'dots, got {list(task_names)}.')
-        self.task_names = tuple(task_names)
+        self.task_names = check_task_names(task_names)
         self._task = self.task_names[0]
         check_out_type(out_type, with_cls_token)
         self.out_type = out_type
