@@ -10,11 +10,16 @@ DEMO_DATA_ROOT = 'data/synthetic/'
 
 
 @pytest.fixture(scope='session')
-def synthetic_root(tmp_path_factory):
+def synthetic(load_script):
+    """The synthetic data generator, ``tools/dataset_converters/make_synthetic.py``."""
+    return load_script('tools/dataset_converters/make_synthetic.py')
+
+
+@pytest.fixture(scope='session')
+def synthetic_root(synthetic, tmp_path_factory):
     """A small copy of the bundled synthetic data (all three tasks)."""
-    from mod_squad.datasets.synthetic import generate_all
     root = tmp_path_factory.mktemp('synthetic')
-    generate_all(
+    synthetic.generate_all(
         str(root),
         seed=0,
         cls=dict(num_train=40, num_val=20),
@@ -35,6 +40,41 @@ def load_script():
         return module
 
     return load
+
+
+@pytest.fixture(scope='session')
+def stock_config():
+    """Load a config shipped with an installed toolbox (``'mmdet'``, ...), with
+    ``mod_squad`` in its ``custom_imports`` and the top-level preprocessor moved into
+    the model, as the toolboxes' runners do."""
+    from mmengine.config import Config
+
+    def load(scope: str, relative_path: str):
+        package = importlib.import_module(scope)
+        cfg = Config.fromfile(
+            str(Path(package.__file__).parent / '.mim' / 'configs' / relative_path))
+        cfg.custom_imports = dict(imports=['mod_squad'], allow_failed_imports=False)
+        cfg = Config.fromstring(cfg.pretty_text, '.py')
+        if cfg.get('data_preprocessor') is not None:
+            cfg.model.setdefault('data_preprocessor', cfg.data_preprocessor)
+        return cfg
+
+    return load
+
+
+@pytest.fixture(scope='session')
+def build_in_scope():
+    """Build a model config in a toolbox's scope, as its runner does."""
+    from mmengine.registry import DefaultScope, init_default_scope
+
+    from mod_squad.registry import toolbox_models
+
+    def build(scope: str, model_cfg):
+        init_default_scope(scope)
+        with DefaultScope.overwrite_default_scope(scope):
+            return toolbox_models(scope).build(model_cfg)
+
+    return build
 
 
 def retarget(cfg, old: str, new: str):

@@ -4,7 +4,7 @@ import argparse
 from mmengine.runner import Runner
 
 from mod_squad.engine.launch import (add_runner_args, init_cpu_process_group,
-                                     load_config)
+                                     load_config, set_resume)
 
 
 def parse_args():
@@ -15,8 +15,9 @@ def parse_args():
         nargs='?',
         type=str,
         const='auto',
-        help='resume from the given checkpoint, or from the latest checkpoint '
-        'in the work dir when no path is given')
+        help='resume from the given checkpoint, or, when no path is given, from '
+        'the one named by last_checkpoint in the work dir (the newest complete '
+        'checkpoint there if that one is missing or partly written)')
     parser.add_argument(
         '--amp', action='store_true', help='enable automatic mixed precision')
     add_runner_args(parser)
@@ -29,12 +30,7 @@ def main():
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-    if args.resume == 'auto':
-        cfg.resume = True
-        cfg.load_from = None
-    elif args.resume is not None:
-        cfg.resume = True
-        cfg.load_from = args.resume
+    set_resume(cfg, args.resume)
     init_cpu_process_group(cfg)
     runner = Runner.from_cfg(cfg)
     runner.train()

@@ -1,11 +1,13 @@
 """HeterogeneousDataset: stock datasets per task in one index space, tagged samples,
 pipelines built in each dataset's own scope, clear errors for missing paths."""
+import json
+
 import pytest
 import torch
-from mmengine.dataset import BaseDataset, pseudo_collate
+from mmengine.dataset import BaseDataset, ConcatDataset, pseudo_collate
 
+from mod_squad.datasets import heterogeneous_dataset
 from mod_squad.datasets.heterogeneous_dataset import HeterogeneousDataset
-from mod_squad.datasets.synthetic import CLS_CLASSES, DET_CLASSES
 from mod_squad.registry import DATASETS
 
 
@@ -34,6 +36,7 @@ def toy(**sizes):
 
 def test_tasks_share_one_index_space_in_task_order():
     dataset = toy(cls=4, det=2, seg=3)
+    assert isinstance(dataset, ConcatDataset)
     assert dataset.task_names == ('cls', 'det', 'seg')
     assert len(dataset) == 9 and dataset.cumulative_sizes == [4, 6, 9]
     assert dataset.task_ranges == dict(cls=range(0, 4),
@@ -71,15 +74,15 @@ def test_pseudo_collate_gives_one_task_name_per_sample():
 def test_lazy_init_defers_loading():
     dataset = HeterogeneousDataset(dict(cls=ToyDataset(3, lazy_init=True)),
                                    lazy_init=True)
-    assert not dataset.datasets['cls']._fully_initialized
-    assert len(dataset) == 3 and dataset.datasets['cls']._fully_initialized
+    assert not dataset.task_datasets['cls']._fully_initialized
+    assert len(dataset) == 3 and dataset.task_datasets['cls']._fully_initialized
 
 
 def test_registered_and_builds_task_configs():
     dataset = DATASETS.build(
         dict(type='mod_squad.HeterogeneousDataset',
              datasets=dict(a=dict(type=ToyDataset, size=2), b=ToyDataset(1))))
-    assert isinstance(dataset.datasets['a'], ToyDataset) and len(dataset) == 3
+    assert isinstance(dataset.task_datasets['a'], ToyDataset) and len(dataset) == 3
 
 
 @pytest.mark.parametrize('datasets, error', [({}, ValueError),
@@ -90,7 +93,7 @@ def test_bad_datasets_argument(datasets, error):
         HeterogeneousDataset(datasets)
 
 
-def stock_datasets(root) -> dict:
+def stock_datasets(root, synthetic) -> dict:
     """The synthetic train splits through the stock mmpretrain, mmdet and mmseg datasets,
     with transforms whose names exist in several toolboxes."""
     return dict(
@@ -99,7 +102,7 @@ def stock_datasets(root) -> dict:
                  data_root=f'{root}/cls',
                  ann_file='meta/train.txt',
                  data_prefix='train',
-                 metainfo=dict(classes=CLS_CLASSES),
+                 metainfo=dict(classes=synthetic.CLS_CLASSES),
                  pipeline=[dict(type='LoadImageFromFile'),
                            dict(type='PackInputs')]),
         det=dict(_scope_='mmdet',
@@ -107,7 +110,7 @@ def stock_datasets(root) -> dict:
                  data_root=f'{root}/det',
                  ann_file='annotations/instances_train.json',
                  data_prefix=dict(img='train/'),
-                 metainfo=dict(classes=DET_CLASSES),
+                 metainfo=dict(classes=synthetic.DET_CLASSES),
                  pipeline=[
                      dict(type='LoadImageFromFile'),
                      dict(type='LoadAnnotations', with_bbox=True),
@@ -127,11 +130,11 @@ def stock_datasets(root) -> dict:
                  ]))
 
 
-def test_stock_datasets_keep_their_toolbox_pipelines(synthetic_root):
-    dataset = HeterogeneousDataset(stock_datasets(synthetic_root))
+def test_stock_datasets_keep_their_toolbox_pipelines(synthetic, synthetic_root):
+    dataset = HeterogeneousDataset(stock_datasets(synthetic_root, synthetic))
     modules = {
         task: [type(t).__module__.split('.')[0] for t in d.pipeline.transforms]
-        for task, d in dataset.datasets.items()
+        for task, d in dataset.task_datasets.items()
     }
     assert modules['det'][1:] == ['mmdet'] * 3 and modules['seg'][1:] == ['mmseg'] * 3
     for task, index, sample_type in (('cls', 0, 'DataSample'),
@@ -140,7 +143,7 @@ def test_stock_datasets_keep_their_toolbox_pipelines(synthetic_root):
         sample = dataset[dataset.task_ranges[task][index]]
         assert sample['task'] == task
         assert type(sample['data_samples']).__name__ == sample_type
-    assert dataset.metainfo['det']['classes'] == DET_CLASSES
+    assert dataset.metainfo['det']['classes'] == synthetic.DET_CLASSES
 
 
 @pytest.mark.parametrize('task, key, value, shown', [
@@ -151,11 +154,97 @@ def test_stock_datasets_keep_their_toolbox_pipelines(synthetic_root):
                                 seg_map_path='nope'), '{root}/seg/nope'),
     ('cls', 'data_prefix', 'nope', '{root}/cls/nope'),
 ])
-def test_missing_path_names_the_task_and_the_path(synthetic_root, task, key, value,
-                                                  shown):
-    cfgs = stock_datasets(synthetic_root)
+def test_missing_path_names_the_task_and_the_path(synthetic, synthetic_root, task, key,
+                                                  value, shown):
+    cfgs = stock_datasets(synthetic_root, synthetic)
     cfgs[task][key] = f'{synthetic_root}/{value}' if key == 'data_root' else value
     with pytest.raises(FileNotFoundError) as error:
         HeterogeneousDataset(cfgs)
     message = str(error.value)
     assert f"task '{task}'" in message and shown.format(root=synthetic_root) in message
+
+
+def write_coco(path, coco: dict):
+    path.write_text(json.dumps(coco))
+    return str(path)
+
+
+@pytest.fixture
+def empty_sources(synthetic_root, tmp_path) -> dict:
+    """Case -> (task, config update that leaves it without samples, message)."""
+    coco = json.loads((synthetic_root / 'det/annotations/instances_train.json').read_text())
+    no_images = write_coco(tmp_path / 'no_images.json',
+                           dict(coco, images=[], annotations=[]))
+    no_annotations = write_coco(tmp_path / 'no_annotations.json',
+                                dict(coco, annotations=[]))
+    return {
+        'coco json without images':
+        ('det', dict(ann_file=no_images),
+         f"CocoDataset found no samples in ann_file '{no_images}'"),
+        'coco json without annotations, filtered':
+        ('det', dict(ann_file=no_annotations, filter_cfg=dict(filter_empty_gt=True)),
+         f"CocoDataset found no samples in ann_file '{no_annotations}' "
+         "(after filter_cfg={'filter_empty_gt': True})"),
+        'image folder without images':
+        ('seg', dict(data_prefix=dict(img_path=str(tmp_path), seg_map_path=str(tmp_path))),
+         f"ADE20KDataset found no samples in data_prefix {{'img_path': '{tmp_path}', "
+         f"'seg_map_path': '{tmp_path}'}}"),
+    }
+
+
+@pytest.mark.parametrize('case', [
+    'coco json without images', 'coco json without annotations, filtered',
+    'image folder without images'
+])
+def test_empty_task_dataset_names_the_task_and_the_file(synthetic, synthetic_root,
+                                                        empty_sources, case):
+    task, update, shown = empty_sources[case]
+    cfgs = stock_datasets(synthetic_root, synthetic)
+    cfgs[task].update(update)
+    with pytest.raises(ValueError) as error:
+        HeterogeneousDataset(cfgs)
+    assert str(error.value) == (f"HeterogeneousDataset: task '{task}': {shown}; fix the "
+                                'annotations, or leave the task out of the dataset')
+
+
+@pytest.mark.parametrize('serialize_data', [True, False])
+def test_empty_prebuilt_dataset_is_rejected(serialize_data):
+    with pytest.raises(ValueError, match="task 'det': ToyDataset found no samples"):
+        HeterogeneousDataset(dict(cls=ToyDataset(2),
+                                  det=ToyDataset(0, serialize_data=serialize_data,
+                                                 lazy_init=True)))
+
+
+def test_empty_ann_file_is_rejected_before_loading(synthetic, synthetic_root, tmp_path):
+    cfgs = stock_datasets(synthetic_root, synthetic)
+    (tmp_path / 'empty.txt').touch()
+    cfgs['cls']['ann_file'] = str(tmp_path / 'empty.txt')
+    with pytest.raises(ValueError, match=(
+            f"^HeterogeneousDataset: task 'cls': ann_file '{tmp_path}/empty.txt' is "
+            r'empty \(0 bytes\)$')):
+        HeterogeneousDataset(cfgs)
+
+
+def test_annotations_of_unknown_categories_are_warned_about_once(
+        synthetic, synthetic_root, tmp_path, monkeypatch):
+    logs = []
+    monkeypatch.setattr(heterogeneous_dataset, 'print_log',
+                        lambda msg, **_: logs.append(msg))
+    coco = json.loads((synthetic_root / 'det/annotations/instances_train.json').read_text())
+    for annotation, category_id in zip(coco['annotations'], (7, 9, 7)):
+        annotation['category_id'] = category_id
+    cfgs = stock_datasets(synthetic_root, synthetic)
+    cfgs['det']['ann_file'] = write_coco(tmp_path / 'unknown.json', coco)
+
+    dataset = HeterogeneousDataset(cfgs, lazy_init=True)
+    assert logs == []  # nothing loaded yet
+    num_instances = sum(
+        len(dataset.get_data_info(i)['instances']) for i in dataset.task_ranges['det'])
+    dataset.full_init()
+    assert num_instances == len(coco['annotations']) - 3
+    assert logs == [
+        "HeterogeneousDataset: task 'det': CocoDataset drops 3 annotations in ann_file "
+        f"'{tmp_path}/unknown.json' whose category ids [7, 9] are not among the ids of "
+        f"its {len(synthetic.DET_CLASSES)} classes; add those categories' names to "
+        '`metainfo.classes` to train on them'
+    ]

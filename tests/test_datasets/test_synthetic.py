@@ -1,5 +1,5 @@
-"""The synthetic data loads through the stock mmpretrain, mmdet and mmseg
-datasets and matches what the generator drew."""
+"""tools/dataset_converters/make_synthetic.py: the synthetic data loads through the
+stock mmpretrain, mmdet and mmseg datasets and matches what the generator drew."""
 import importlib
 from pathlib import Path
 
@@ -7,11 +7,6 @@ import numpy as np
 import pytest
 import torch
 from mmdet.registry import METRICS
-
-from mod_squad.datasets.synthetic import (CLS_CLASSES, DET_CLASSES,
-                                          SEG_CLASSES, draw_cls_sample,
-                                          draw_det_sample, draw_seg_sample,
-                                          generate_all, sample_rng)
 
 SEED = 3
 SMALL = dict(
@@ -21,9 +16,9 @@ SMALL = dict(
 
 
 @pytest.fixture(scope='module')
-def data_root(tmp_path_factory):
+def data_root(synthetic, tmp_path_factory):
     root = tmp_path_factory.mktemp('synthetic')
-    generate_all(root, seed=SEED, **SMALL)
+    synthetic.generate_all(root, seed=SEED, **SMALL)
     return root
 
 
@@ -63,13 +58,13 @@ def files(root: Path) -> dict:
 
 @pytest.mark.parametrize('split', ['train', 'val'])
 @pytest.mark.parametrize('source', ['ann_file', 'folders', 'imagenet'])
-def test_cls_loads_with_stock_dataset(data_root, split, source):
+def test_cls_loads_with_stock_dataset(synthetic, data_root, split, source):
     cfg = dict(
         type='CustomDataset',
         data_root=str(data_root / 'cls'),
         ann_file=f'meta/{split}.txt',
         data_prefix=split,
-        metainfo=dict(classes=CLS_CLASSES),
+        metainfo=dict(classes=synthetic.CLS_CLASSES),
         pipeline=[dict(type='LoadImageFromFile'),
                   dict(type='PackInputs')])
     if source == 'folders':
@@ -79,23 +74,24 @@ def test_cls_loads_with_stock_dataset(data_root, split, source):
     dataset = build_dataset('mmpretrain', **cfg)
 
     assert len(dataset) == SMALL['cls'][f'num_{split}']
-    assert dataset.metainfo['classes'] == CLS_CLASSES
+    assert dataset.metainfo['classes'] == synthetic.CLS_CLASSES
     for item in dataset:
         index = int(Path(item['data_samples'].img_path).stem)
         label = int(item['data_samples'].gt_label)
-        assert label == index % len(CLS_CLASSES)
-        drawn = draw_cls_sample(sample_rng(SEED, 'cls', split, index), label)
+        assert label == index % len(synthetic.CLS_CLASSES)
+        rng = synthetic.sample_rng(SEED, 'cls', split, index)
+        drawn = synthetic.draw_cls_sample(rng, label)
         assert_same_image(item['inputs'], drawn)
 
 
-def build_det_dataset(root: Path, split: str, **kwargs):
+def build_det_dataset(synthetic, root: Path, split: str, **kwargs):
     return build_dataset(
         'mmdet',
         type='CocoDataset',
         data_root=str(root / 'det'),
         ann_file=f'annotations/instances_{split}.json',
         data_prefix=dict(img=f'{split}/'),
-        metainfo=dict(classes=DET_CLASSES),
+        metainfo=dict(classes=synthetic.DET_CLASSES),
         pipeline=[
             dict(type='LoadImageFromFile'),
             dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
@@ -105,14 +101,14 @@ def build_det_dataset(root: Path, split: str, **kwargs):
 
 
 @pytest.mark.parametrize('split', ['train', 'val'])
-def test_det_masks_and_boxes_match_drawing(data_root, split):
-    dataset = build_det_dataset(data_root, split)
+def test_det_masks_and_boxes_match_drawing(synthetic, data_root, split):
+    dataset = build_det_dataset(synthetic, data_root, split)
     assert len(dataset) == SMALL['det'][f'num_{split}']
-    assert dataset.metainfo['classes'] == DET_CLASSES
+    assert dataset.metainfo['classes'] == synthetic.DET_CLASSES
     for item in dataset:
         sample = item['data_samples']
-        image, instances = draw_det_sample(
-            sample_rng(SEED, 'det', split, sample.img_id - 1),
+        image, instances = synthetic.draw_det_sample(
+            synthetic.sample_rng(SEED, 'det', split, sample.img_id - 1),
             max_instances=SMALL['det']['max_instances'])
         assert_same_image(item['inputs'], image)
         gt = sample.gt_instances
@@ -132,7 +128,7 @@ def test_det_masks_and_boxes_match_drawing(data_root, split):
 
 @pytest.mark.parametrize('split,folder', [('train', 'training'),
                                           ('val', 'validation')])
-def test_seg_labels_match_drawing(data_root, split, folder):
+def test_seg_labels_match_drawing(synthetic, data_root, split, folder):
     dataset = build_dataset(
         'mmseg',
         type='BaseSegDataset',
@@ -142,7 +138,7 @@ def test_seg_labels_match_drawing(data_root, split, folder):
         img_suffix='.jpg',
         seg_map_suffix='.png',
         reduce_zero_label=True,
-        metainfo=dict(classes=SEG_CLASSES),
+        metainfo=dict(classes=synthetic.SEG_CLASSES),
         pipeline=[
             dict(type='LoadImageFromFile'),
             dict(type='LoadAnnotations'),
@@ -150,21 +146,22 @@ def test_seg_labels_match_drawing(data_root, split, folder):
         ])
 
     assert len(dataset) == SMALL['seg'][f'num_{split}']
-    assert dataset.metainfo['classes'] == SEG_CLASSES
+    assert dataset.metainfo['classes'] == synthetic.SEG_CLASSES
     seen = set()
     for item in dataset:
         sample = item['data_samples']
         index = int(Path(sample.img_path).stem)
-        image, seg_map = draw_seg_sample(sample_rng(SEED, 'seg', split, index))
+        rng = synthetic.sample_rng(SEED, 'seg', split, index)
+        image, seg_map = synthetic.draw_seg_sample(rng)
         assert_same_image(item['inputs'], image)
         labels = sample.gt_sem_seg.data[0].numpy()
         np.testing.assert_array_equal(labels, (seg_map.astype(int) - 1) % 256)
         seen.update(np.unique(labels).tolist())
-    assert seen <= set(range(len(SEG_CLASSES))) | {255}
+    assert seen <= set(range(len(synthetic.SEG_CLASSES))) | {255}
 
 
-def test_det_ground_truth_scores_perfect_coco_ap(data_root):
-    dataset = build_det_dataset(data_root, 'val', test_mode=True)
+def test_det_ground_truth_scores_perfect_coco_ap(synthetic, data_root):
+    dataset = build_det_dataset(synthetic, data_root, 'val', test_mode=True)
     metric = METRICS.build(
         dict(
             type='CocoMetric',
@@ -190,9 +187,10 @@ def test_det_ground_truth_scores_perfect_coco_ap(data_root):
     assert results['coco/bbox_mAP'] == results['coco/segm_mAP'] == 1.0
 
 
-def test_same_seed_is_byte_identical_and_seed_matters(data_root, tmp_path):
-    generate_all(tmp_path / 'same', seed=SEED, **SMALL)
-    generate_all(tmp_path / 'other', seed=SEED + 1, **SMALL)
+def test_same_seed_is_byte_identical_and_seed_matters(synthetic, data_root,
+                                                      tmp_path):
+    synthetic.generate_all(tmp_path / 'same', seed=SEED, **SMALL)
+    synthetic.generate_all(tmp_path / 'other', seed=SEED + 1, **SMALL)
     reference = files(data_root)
     assert files(tmp_path / 'same') == reference
     other = files(tmp_path / 'other')
@@ -201,19 +199,20 @@ def test_same_seed_is_byte_identical_and_seed_matters(data_root, tmp_path):
     assert all(other[k] != reference[k] for k in images)
 
 
-def test_counts_do_not_reshuffle_images(data_root, tmp_path):
-    generate_all(tmp_path, seed=SEED, **dict(SMALL, cls=dict(num_train=30)))
+def test_counts_do_not_reshuffle_images(synthetic, data_root, tmp_path):
+    synthetic.generate_all(tmp_path, seed=SEED,
+                           **dict(SMALL, cls=dict(num_train=30)))
     more = files(tmp_path / 'cls' / 'train')
     small = files(data_root / 'cls' / 'train')
     assert len(more) == 30
     assert all(more[name] == data for name, data in small.items())
 
 
-def test_rerun_is_skipped_unless_forced_or_changed(tmp_path):
+def test_rerun_is_skipped_unless_forced_or_changed(synthetic, tmp_path):
 
     def run(**kwargs):
         logs = []
-        meta = generate_all(tmp_path, seed=SEED, log=logs.append, **kwargs)
+        meta = synthetic.generate_all(tmp_path, seed=SEED, log=logs.append, **kwargs)
         return meta, ' '.join(logs)
 
     meta, logs = run(**SMALL)
@@ -247,27 +246,28 @@ def hue_class(pixels: np.ndarray, num_classes: int) -> int:
 
 
 @pytest.mark.parametrize('index', range(6))
-def test_labelled_shapes_wear_their_class_hue_on_muted_backgrounds(index):
-    image, instances = draw_det_sample(sample_rng(SEED, 'det', 'train', index))
+def test_labelled_shapes_wear_their_class_hue_on_muted_backgrounds(synthetic, index):
+    image, instances = synthetic.draw_det_sample(
+        synthetic.sample_rng(SEED, 'det', 'train', index))
     pixels = image.reshape(-1, 3).astype(float)
     for instance in instances:
         inside = pixels[instance['mask'].ravel()]
-        assert hue_class(inside, len(DET_CLASSES)) == instance['label']
+        assert hue_class(inside, len(synthetic.DET_CLASSES)) == instance['label']
         assert np.median(hsv(inside)[:, 1]) > 0.4
     labelled = np.any([i['mask'] for i in instances], 0).ravel()
     assert np.median(hsv(pixels[~labelled])[:, 1]) < 0.35
 
-    label = index % len(CLS_CLASSES)
-    image = draw_cls_sample(sample_rng(SEED, 'cls', 'train', index), label)
+    label = index % len(synthetic.CLS_CLASSES)
+    image = synthetic.draw_cls_sample(
+        synthetic.sample_rng(SEED, 'cls', 'train', index), label)
     saturated = image.reshape(-1, 3)[hsv(image.reshape(-1, 3).astype(float))[:, 1] > 0.5]
-    assert hue_class(saturated.astype(float), len(CLS_CLASSES)) == label
+    assert hue_class(saturated.astype(float), len(synthetic.CLS_CLASSES)) == label
 
 
-def test_cli_generates_and_summarises(tmp_path, capsys, load_script):
-    cli = load_script('tools/dataset_converters/make_synthetic.py')
-    cli.main(f'--out {tmp_path} --cls-train 3 --cls-val 2 --cls-size 32 '
-             '--det-train 2 --det-val 1 --det-max-instances 2 '
-             '--seg-train 2 --seg-val 1'.split())
+def test_cli_generates_and_summarises(synthetic, tmp_path, capsys):
+    synthetic.main(f'--out {tmp_path} --cls-train 3 --cls-val 2 --cls-size 32 '
+                   '--det-train 2 --det-val 1 --det-max-instances 2 '
+                   '--seg-train 2 --seg-val 1'.split())
     out = capsys.readouterr().out
     assert 'cls/train: 3 images' in out
     assert 'cls: 3 train / 2 val, 32 px' in out

@@ -1,5 +1,5 @@
 """TaskBatchSampler: one task per iteration by ratio, the same on every rank, disjoint
-shards, replayable position and state."""
+shards, per-sample seeds, replayable position and state."""
 import itertools
 import time
 from types import SimpleNamespace
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mod_squad.datasets import task_batch_sampler
+from mod_squad.datasets import SeededIndex, task_batch_sampler
 from mod_squad.datasets.task_batch_sampler import TaskBatchSampler
 
 SIZES = dict(cls=40, det=20, seg=10)
@@ -41,9 +41,14 @@ def take(sampler, num):
     return list(itertools.islice(itertools.chain.from_iterable(epochs), num))
 
 
+def indices(batch):
+    """The dataset indices of a batch of ``(index, seed)`` pairs."""
+    return [index for index, _ in batch]
+
+
 def task_of(batch, sizes=SIZES):
     ranges = fake_dataset(sizes).task_ranges
-    tasks = {t for t, r in ranges.items() for i in batch if i in r}
+    tasks = {t for t, r in ranges.items() for i in indices(batch) if i in r}
     assert len(tasks) == 1, f'batch {batch} mixes tasks {tasks}'
     return tasks.pop()
 
@@ -51,7 +56,7 @@ def task_of(batch, sizes=SIZES):
 def per_task_streams(batches):
     streams = {t: [] for t in SIZES}
     for batch in batches:
-        streams[task_of(batch)] += batch
+        streams[task_of(batch)] += indices(batch)
     return streams
 
 
@@ -69,15 +74,22 @@ def test_every_batch_is_one_task_at_its_batch_size():
         assert len(batch) == BATCH_SIZES[task_of(batch)]
 
 
-def test_default_ratios_are_15_10_5():
-    sampler = make_sampler(ratios=None)
-    assert sampler.ratios == dict(cls=15., det=10., seg=5.)
-    assert make_sampler(ratios=[15, 10, 5]).ratios == sampler.ratios
+def test_ratios_default_to_equal_and_lists_follow_the_task_order():
+    assert make_sampler(ratios=None).ratios == dict(cls=1., det=1., seg=1.)
+    assert make_sampler(sizes=dict(cls=4, depth=4), ratios=None,
+                        batch_sizes=dict(cls=1, depth=1)).ratios == dict(cls=1., depth=1.)
+    assert make_sampler(ratios=[15, 10, 5]).ratios == dict(cls=15., det=10., seg=5.)
 
 
-def test_zero_ratio_task_is_never_drawn():
+def test_zero_ratio_task_is_never_drawn_and_warned_about(monkeypatch):
+    logs = []
+    monkeypatch.setattr(task_batch_sampler, 'print_log',
+                        lambda msg, **_: logs.append(msg))
     sampler = make_sampler(ratios=dict(cls=1, det=0, seg=1))
     assert 'det' not in {task_of(b) for b in take(sampler, 500)}
+    assert logs == ["TaskBatchSampler: tasks ['det'] have ratio 0: they are never "
+                    'trained, only evaluated (if the val loop has them); give them a '
+                    'ratio > 0 to train them']
 
 
 def test_ranks_draw_the_same_tasks_and_disjoint_samples_covering_each_pass():
@@ -104,9 +116,24 @@ def test_uneven_dataset_is_padded_to_equal_shards():
     for task in sizes:  # the first pass of each rank: ceil(n / 2) samples
         shard = -(-sizes[task] // 2)
         heads = [[i for b in take(s, 200) if task_of(b, sizes) == task
-                  for i in b][:shard] for s in ranks]
+                  for i in indices(b)][:shard] for s in ranks]
         assert set(heads[0]) | set(heads[1]) == set(
             fake_dataset(sizes).task_ranges[task])
+
+
+def test_samples_carry_seeds_of_the_seed_rank_iteration_and_position():
+    batches = take(make_sampler(), 300)
+    assert all(isinstance(pair, SeededIndex) for batch in batches for pair in batch)
+    seeds = [seed for batch in batches for _, seed in batch]
+    assert all(0 <= seed < 2**32 for seed in seeds)
+    assert len(set(seeds)) == len(seeds), 'positions and iterations differ'
+
+    def seeds_of(**kwargs):
+        return [[seed for _, seed in batch] for batch in take(make_sampler(**kwargs), 50)]
+
+    assert seeds_of() == seeds_of() == [[seed for _, seed in b] for b in batches[:50]]
+    for other in (seeds_of(seed=1), seeds_of(rank=1, world_size=2)):
+        assert all(set(a).isdisjoint(b) for a, b in zip(seeds_of(), other))
 
 
 def test_unshuffled_streams_are_in_dataset_order():
@@ -197,13 +224,6 @@ def test_batch_size_is_the_default_of_unlisted_tasks():
 def test_bad_config_raises_a_clear_error(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make_sampler(**kwargs)
-
-
-def test_tasks_without_default_ratio_need_ratios():
-    with pytest.raises(ValueError, match=r"no default ratio for tasks \['depth'\]"):
-        make_sampler(sizes=dict(cls=4, depth=4),
-                     ratios=None,
-                     batch_sizes=dict(cls=1, depth=1))
 
 
 def test_empty_dataset_with_a_ratio_is_rejected():

@@ -4,7 +4,9 @@ import argparse
 import pytest
 import torch
 
-from mod_squad.engine.launch import add_runner_args, load_config
+from mmengine.config import Config
+
+from mod_squad.engine.launch import add_runner_args, load_config, set_resume
 
 DEMO_CONFIG = 'configs/mod_squad/mod-squad_vit-demo_2k_synthetic-cls-det-seg.py'
 
@@ -30,3 +32,19 @@ def test_distributed_launch_without_cuda_uses_gloo():
     assert cfg.model_wrapper_cfg.device_ids is None
     assert cfg.model_wrapper_cfg.find_unused_parameters  # the demo config's, kept
     assert load_config(parse()).env_cfg.dist_cfg.backend == 'nccl'
+
+
+def resume_cfg(work_dir, resume):
+    cfg = Config(dict(work_dir=str(work_dir), resume=False, load_from='weights.pth'))
+    set_resume(cfg, resume)
+    return cfg.resume, cfg.load_from
+
+
+def test_resume_option(tmp_path):
+    assert resume_cfg(tmp_path, None) == (False, 'weights.pth')
+    assert resume_cfg(tmp_path, 'ckpt.pth') == (True, 'ckpt.pth')
+    # Nothing to resume from: a new run (mmengine would read last_checkpoint again).
+    assert resume_cfg(tmp_path, 'auto') == (False, None)
+    (tmp_path / 'last_checkpoint').write_text('')
+    torch.save({}, tmp_path / 'iter_3.pth')
+    assert resume_cfg(tmp_path, 'auto') == (True, f'{tmp_path}/iter_3.pth')

@@ -24,7 +24,7 @@ def build_classifier(aux_loss_cfg):
                 img_size=32,
                 num_experts=4,
                 top_k=2,
-                aux_loss_cfg=aux_loss_cfg),
+                router_cfg=dict(aux_loss=aux_loss_cfg)),
             head=dict(type='LinearClsHead', num_classes=4, in_channels=32)))
 
 
@@ -56,7 +56,7 @@ def test_hook_adds_weighted_aux_losses_to_the_optimised_loss():
 
 
 def test_hook_without_aux_losses_changes_nothing():
-    model = build_classifier(None)
+    model = build_classifier({})
     hook = MoEAuxLossHook()
     hook.before_train(SimpleNamespace(model=model))
     assert hook._handle is None

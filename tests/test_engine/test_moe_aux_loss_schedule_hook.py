@@ -12,7 +12,7 @@ def test_weights_ramp_linearly_between_begin_and_end():
     model = ModSquadViT(
         arch=dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64),
         task_names=('a', 'b'), img_size=32, num_experts=4, top_k=2,
-        aux_loss_cfg=dict(mi_weight=0.01, z_weight=0.001))
+        router_cfg=dict(aux_loss=dict(mi_weight=0.01, z_weight=0.001)))
     hook = MoEAuxLossScheduleHook(begin=10, end=20, start_factor=0.)
     hook.before_train(SimpleNamespace(model=model))
     configs = [m.cfg for m in model.modules() if isinstance(m, RouterAuxLoss)]

@@ -11,9 +11,6 @@ from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
 
-from mod_squad.datasets.synthetic import (CLS_CLASSES, DET_CLASSES,
-                                          SEG_CLASSES, generate_cls,
-                                          generate_det, generate_seg)
 from mod_squad.engine.multi_task_loops import (MultiTaskTestLoop,
                                                MultiTaskValLoop, metrics_table,
                                                restrict_tasks)
@@ -30,16 +27,23 @@ PERFECT = {
 
 
 @pytest.fixture(scope='module')
-def data_root(tmp_path_factory):
+def data_root(synthetic, tmp_path_factory):
     root = tmp_path_factory.mktemp('synthetic')
-    generate_cls(root, num_train=0, num_val=SIZES['cls'][0], img_size=32)
-    generate_det(root, num_train=0, num_val=SIZES['det'][0], img_size=64,
-                 max_instances=3)
-    generate_seg(root, num_train=0, num_val=SIZES['seg'][0], img_size=64)
+    synthetic.generate_cls(root, num_train=0, num_val=SIZES['cls'][0], img_size=32)
+    synthetic.generate_det(root, num_train=0, num_val=SIZES['det'][0], img_size=64,
+                           max_instances=3)
+    synthetic.generate_seg(root, num_train=0, num_val=SIZES['seg'][0], img_size=64)
     return root
 
 
-def dataloaders(root) -> dict:
+@pytest.fixture(scope='module')
+def classes(synthetic) -> dict:
+    """Task -> class names of the synthetic data."""
+    return dict(cls=synthetic.CLS_CLASSES, det=synthetic.DET_CLASSES,
+                seg=synthetic.SEG_CLASSES)
+
+
+def dataloaders(root, classes) -> dict:
     datasets = dict(
         cls=dict(
             _scope_='mmpretrain',
@@ -47,7 +51,7 @@ def dataloaders(root) -> dict:
             data_root=str(root / 'cls'),
             ann_file='meta/val.txt',
             data_prefix='val',
-            metainfo=dict(classes=CLS_CLASSES),
+            metainfo=dict(classes=classes['cls']),
             pipeline=[dict(type='LoadImageFromFile'),
                       dict(type='PackInputs')]),
         det=dict(
@@ -56,7 +60,7 @@ def dataloaders(root) -> dict:
             data_root=str(root / 'det'),
             ann_file='annotations/instances_val.json',
             data_prefix=dict(img='val/'),
-            metainfo=dict(classes=DET_CLASSES),
+            metainfo=dict(classes=classes['det']),
             test_mode=True,
             pipeline=[
                 dict(type='LoadImageFromFile'),
@@ -73,7 +77,7 @@ def dataloaders(root) -> dict:
             img_suffix='.jpg',
             seg_map_suffix='.png',
             reduce_zero_label=True,
-            metainfo=dict(classes=SEG_CLASSES),
+            metainfo=dict(classes=classes['seg']),
             pipeline=[
                 dict(type='LoadImageFromFile'),
                 dict(type='LoadAnnotations'),
@@ -101,13 +105,13 @@ def evaluators(root) -> dict:
         seg=dict(_scope_='mmseg', type='IoUMetric', iou_metrics=['mIoU']))
 
 
-def predict_cls(sample, wrong):
-    label = (sample.gt_label + wrong) % len(CLS_CLASSES)
+def predict_cls(sample, wrong, classes):
+    label = (sample.gt_label + wrong) % len(classes)
     return sample.set_pred_score(
-        torch.nn.functional.one_hot(label, len(CLS_CLASSES))[0].float())
+        torch.nn.functional.one_hot(label, len(classes))[0].float())
 
 
-def predict_det(sample, wrong):
+def predict_det(sample, wrong, classes):
     gt = sample.gt_instances
     sample.pred_instances = gt.new(
         bboxes=gt.bboxes.tensor,
@@ -117,7 +121,7 @@ def predict_det(sample, wrong):
     return sample
 
 
-def predict_seg(sample, wrong):
+def predict_seg(sample, wrong, classes):
     sample.pred_sem_seg = sample.gt_sem_seg
     return sample
 
@@ -125,13 +129,15 @@ def predict_seg(sample, wrong):
 class GroundTruthModel(BaseModel):
     """Stand-in for the multi-task model: reads ``data['task']`` and predicts
     that task's ground truth; classification is off by one class until
-    ``cls_correct_after`` training steps have run."""
+    ``cls_correct_after`` training steps have run. ``classes``: task -> class
+    names."""
 
     predict = dict(cls=predict_cls, det=predict_det, seg=predict_seg)
 
-    def __init__(self, cls_correct_after: int = 0):
+    def __init__(self, classes: dict, cls_correct_after: int = 0):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.classes = classes
         self.cls_correct_after = cls_correct_after
         self.train_steps = 0
         self.steps = []  # (task, autocast enabled) of each val/test step
@@ -144,7 +150,8 @@ class GroundTruthModel(BaseModel):
         task = data['task']
         self.steps.append((task, torch.is_autocast_enabled('cpu')))
         wrong = int(self.train_steps < self.cls_correct_after)
-        return [self.predict[task](s, wrong) for s in data['data_samples']]
+        return [self.predict[task](s, wrong, self.classes[task])
+                for s in data['data_samples']]
 
     test_step = val_step
 
@@ -178,9 +185,9 @@ class RecordHook(Hook):
         self.events.append('after_val')
 
 
-def build_runner(root, work_dir, model=None, default_hooks=None, **cfg):
+def build_runner(classes, work_dir, model=None, default_hooks=None, **cfg):
     return Runner(
-        model=model or GroundTruthModel(),
+        model=model or GroundTruthModel(classes),
         work_dir=str(work_dir),
         experiment_name=work_dir.name,
         default_scope='mod_squad',
@@ -190,9 +197,9 @@ def build_runner(root, work_dir, model=None, default_hooks=None, **cfg):
         **cfg)
 
 
-def val_cfg(root, **loop):
+def val_cfg(root, classes, **loop):
     return dict(
-        val_dataloader=dataloaders(root),
+        val_dataloader=dataloaders(root, classes),
         val_evaluator=evaluators(root),
         val_cfg=dict(type='mod_squad.MultiTaskValLoop', **loop))
 
@@ -201,10 +208,10 @@ def log_text(runner) -> str:
     return next(Path(runner.log_dir).glob('*.log')).read_text()
 
 
-def test_val_runs_every_task_with_its_stock_evaluator(data_root, tmp_path):
+def test_val_runs_every_task_with_its_stock_evaluator(data_root, classes, tmp_path):
     hook = RecordHook()
     runner = build_runner(
-        data_root, tmp_path, custom_hooks=[hook], **val_cfg(data_root))
+        classes, tmp_path, custom_hooks=[hook], **val_cfg(data_root, classes))
     metrics = runner.val()
 
     assert isinstance(runner.val_loop, MultiTaskValLoop)
@@ -228,10 +235,25 @@ def test_val_runs_every_task_with_its_stock_evaluator(data_root, tmp_path):
     assert runner.message_hub.get_scalar('val/det/coco/bbox_mAP').current() == 1
 
 
+def test_empty_val_dataset_names_the_task_and_the_file(data_root, classes, tmp_path):
+    coco = json.loads((data_root / 'det/annotations/instances_val.json').read_text())
+    empty = tmp_path / 'no_images.json'
+    empty.write_text(json.dumps(dict(coco, images=[], annotations=[])))
+    cfg = val_cfg(data_root, classes)
+    cfg['val_dataloader']['det']['dataset']['ann_file'] = str(empty)
+    runner = build_runner(classes, tmp_path, **cfg)
+    with pytest.raises(ValueError) as error:
+        runner.val()
+    assert str(error.value) == (
+        f"HeterogeneousDataset: task 'det': CocoDataset found no samples in ann_file "
+        f"'{empty}'; fix the annotations, or leave the task out of the dataset")
+
+
 def test_tasks_option_evaluates_only_those_tasks_under_fp16(
-        data_root, tmp_path):
+        data_root, classes, tmp_path):
     runner = build_runner(
-        data_root, tmp_path, **val_cfg(data_root, tasks=['seg'], fp16=True))
+        classes, tmp_path,
+        **val_cfg(data_root, classes, tasks=['seg'], fp16=True))
     metrics = runner.val()
 
     assert list(runner.val_loop.dataloaders) == ['seg']  # others not built
@@ -240,11 +262,11 @@ def test_tasks_option_evaluates_only_those_tasks_under_fp16(
     assert runner.model.steps == [('seg', True)]
 
 
-def test_test_loop_logs_a_table_of_all_metrics(data_root, tmp_path):
+def test_test_loop_logs_a_table_of_all_metrics(data_root, classes, tmp_path):
     runner = build_runner(
-        data_root,
+        classes,
         tmp_path,
-        test_dataloader=dataloaders(data_root),
+        test_dataloader=dataloaders(data_root, classes),
         test_evaluator=evaluators(data_root),
         test_cfg=dict(type='mod_squad.MultiTaskTestLoop', tasks=['det',
                                                                  'cls']))
@@ -261,12 +283,12 @@ def test_test_loop_logs_a_table_of_all_metrics(data_root, tmp_path):
     assert dumped['det/coco/bbox_mAP'] == 1
 
 
-def test_save_best_selects_by_prefixed_metrics(data_root, tmp_path):
+def test_save_best_selects_by_prefixed_metrics(data_root, classes, tmp_path):
     # cls is wrong after the first epoch and right after the second
     runner = build_runner(
-        data_root,
+        classes,
         tmp_path,
-        model=GroundTruthModel(cls_correct_after=2),
+        model=GroundTruthModel(classes, cls_correct_after=2),
         train_dataloader=dict(
             dataset=[dict(inputs=torch.zeros(1))] * 2,
             sampler=dict(type='DefaultSampler', shuffle=False),
@@ -278,7 +300,7 @@ def test_save_best_selects_by_prefixed_metrics(data_root, tmp_path):
                 type='CheckpointHook',
                 interval=10,
                 save_best=['cls/accuracy/top1', 'det/coco/bbox_mAP'])),
-        **val_cfg(data_root))
+        **val_cfg(data_root, classes))
     runner.train()
 
     assert (tmp_path / 'best_cls_accuracy_top1_epoch_2.pth').is_file()
@@ -288,6 +310,19 @@ def test_save_best_selects_by_prefixed_metrics(data_root, tmp_path):
     assert hub.get_info('best_score_cls/accuracy/top1') == 100
     assert hub.get_info('best_score_det/coco/bbox_mAP') == 1
 
+
+
+@pytest.mark.parametrize('diff_rank_seed', [False, True])
+def test_dataloaders_follow_the_configs_randomness(data_root, classes, tmp_path,
+                                                   diff_rank_seed):
+    randomness = dict(seed=7, diff_rank_seed=diff_rank_seed)
+    runner = build_runner(classes, tmp_path, randomness=randomness,
+                          cfg=dict(randomness=randomness),
+                          **val_cfg(data_root, classes))
+    # mmengine gives the samplers the run's seed, or, when ranks differ, none
+    # (each sampler then draws its own)
+    seeds = [loader.sampler.seed for loader in runner.val_loop.dataloaders.values()]
+    assert [seed == 7 for seed in seeds] == [not diff_rank_seed] * 3
 
 @pytest.mark.parametrize(
     'dataloader,evaluator,tasks,match',

@@ -3,7 +3,6 @@ import pytest
 import torch
 from mmengine.registry import init_default_scope
 
-from mod_squad.datasets.synthetic import CLS_CLASSES
 from mod_squad.registry import MODELS
 
 
@@ -19,7 +18,8 @@ def test_needs_a_checkpoint_or_untrained(tool, argv, capsys):
     assert 'give a checkpoint, or --untrained' in capsys.readouterr().err
 
 
-def test_untrained_evaluates_the_seeded_initialisation(tool, demo_cfg, tmp_path):
+def test_untrained_evaluates_the_seeded_initialisation(tool, demo_cfg, synthetic,
+                                                       tmp_path):
     demo_cfg.test_dataloader.cls.update(num_workers=0, persistent_workers=False)
     config = tmp_path / 'demo.py'
     demo_cfg.dump(config)
@@ -37,8 +37,9 @@ def test_untrained_evaluates_the_seeded_initialisation(tool, demo_cfg, tmp_path)
     model = MODELS.build(demo_cfg.model)
     head = model.branches['cls'].head.fc
     head.weight.data.zero_()
-    head.bias.data.copy_(torch.nn.functional.one_hot(torch.tensor(3), len(CLS_CLASSES)))
+    num_classes = len(synthetic.CLS_CLASSES)
+    head.bias.data.copy_(torch.nn.functional.one_hot(torch.tensor(3), num_classes))
     checkpoint = tmp_path / 'class3.pth'
     torch.save(dict(state_dict=model.state_dict()), checkpoint)
     assert evaluate(str(checkpoint))['cls/accuracy/top1'] == pytest.approx(
-        100 / len(CLS_CLASSES))
+        100 / num_classes)

@@ -161,7 +161,7 @@ def test_upcycled_copies_of_the_dense_mlp_reproduce_it():
     to one the mixture equals the dense MLP, whatever the router picks."""
     vit = dense_vit()
     model = make_vit(moe_layers='mlp', task_embed=False, expert_hidden=256,
-                     renormalize_gates=True).eval()
+                     router_cfg=dict(renormalize=True)).eval()
     randomise_routers(model)
     model.load_pretrained(vit.state_dict())
     x = torch.randn(2, 3, 64, 64)

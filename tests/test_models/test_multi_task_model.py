@@ -8,12 +8,11 @@ from mmengine.dataset import pseudo_collate
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 
-from mod_squad.datasets.synthetic import DET_CLASSES
 from mod_squad.registry import DATASETS, MODELS
 
 TASKS = ('cls', 'det', 'seg')
 FULL_RECIPE = ('configs/mod_squad/'
-               'mod-squad_vit-b-p16_mask-rcnn_upernet_8xb_160k_in1k-coco-ade20k.py')
+               'mod-squad_vit-b-p16_mask-rcnn_upernet_8xb64-2-2-160k_in1k-coco-ade20k.py')
 
 
 def build_model(cfg):
@@ -124,29 +123,73 @@ def test_configuration_errors_name_the_culprit(demo_cfg):
         MODELS.build(cfg)
 
 
-def test_layer_wise_lr_decay_with_mmpretrain_constructor(demo_cfg):
+def test_shared_backbone_has_no_out_type_of_its_own(demo_cfg):
     model = build_model(demo_cfg)
-    optim_wrapper = build_optim_wrapper(
-        model,
-        dict(
-            optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
-            constructor='mmpretrain.LearningRateDecayOptimWrapperConstructor',
-            paramwise_cfg=dict(layer_decay_rate=0.5)))
-    lr = {g['param_name']: g['lr'] for g in optim_wrapper.optimizer.param_groups}
-    # 6 blocks: depths 0 (stem) .. 7 (branches); scale = 0.5 ** (7 - depth)
-    assert lr['backbone.pos_embed'] == pytest.approx(1e-3 * 0.5**7)
-    assert lr['backbone.layers.5.ln1.weight'] == pytest.approx(1e-3 * 0.5)
-    assert lr['branches.det.neck.lateral_convs.0.conv.weight'] == pytest.approx(1e-3)
+    assert model.backbone.outputs.out_type == 'raw'
+    assert not list(model.backbone.outputs.parameters())
+    demo_cfg.model.backbone.out_type = 'avg_featmap'
+    with pytest.raises(ValueError, match="model.backbone.out_type='avg_featmap' is not "
+                       "used: each branch's SharedBackboneView shapes its own outputs"):
+        MODELS.build(demo_cfg.model)
 
 
-def test_two_stage_detector_with_masks_and_batch_augments(demo_cfg):
+@pytest.mark.parametrize('view,neck,message', [
+    (dict(out_type='cls_token'), None,
+     r"Branch 'det': its SharedBackboneView \(out_type='cls_token', out_indices=\[5\]\) "
+     r'gives 1 \(B, C\) vector\(s\), but RetinaNet needs feature maps'),
+    (dict(out_type='featmap', out_indices=(3, 5)), None,
+     r"\(out_type='featmap', out_indices=\[3, 5\]\) gives 2 map\(s\) of one stride, "
+     r'but its FPN neck \(in_channels=\[128, 128\]\) builds its pyramid from maps '
+     r'whose strides double'),
+    (dict(out_type='pyramid', pyramid_scales=(2, 1, 0.5)), None,
+     r'gives 3 maps at scales \(2, 1, 0.5\), but its FPN neck '
+     r'\(in_channels=\[128, 128\]\) takes 2'),
+    (None, dict(in_channels=[64, 64]),
+     r'gives 2 maps at scales \(1, 0.5\) of 128 channels, but its FPN neck '
+     r'\(in_channels=\[64, 64\]\) expects other widths: set in_channels=\[128, 128\]'),
+], ids=['vectors_into_detector', 'one_stride_into_fpn', 'too_many_maps', 'widths'])
+def test_branch_neck_must_take_what_its_view_gives(demo_cfg, view, neck, message):
+    """Caught at construction, instead of an empty AssertionError inside mmdet's FPN
+    or a detector that trains at the wrong strides."""
+    det = demo_cfg.model.branches.det
+    if view is not None:
+        det.backbone = dict(type='mod_squad.SharedBackboneView', **view)
+    det.neck.update(neck or {})
+    with pytest.raises(ValueError, match=message):
+        MODELS.build(demo_cfg.model)
+
+
+def test_frozen_stages_of_the_shared_backbone(demo_cfg):
+    """The stem, task embeddings and first blocks (with every task's routers) of the
+    shared backbone stay bit-identical through AdamW steps with weight decay of every
+    task, and in eval mode; the rest trains."""
+    demo_cfg.model.backbone.frozen_stages = 3
+    model = build_model(demo_cfg)
+    backbone = model.backbone
+    frozen = {n for n, p in backbone.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, _ in backbone.named_parameters() if n.startswith(
+        ('patch_embed.', 'pos_embed', 'cls_token', 'task_embed.', 'layers.0.',
+         'layers.1.', 'layers.2.'))}
+    optim_wrapper = build_optim_wrapper(model, demo_cfg.optim_wrapper)
+    assert optim_wrapper.optimizer.defaults['weight_decay'] > 0
+    before = snapshot(backbone)
+    for task in TASKS:
+        model.train_step(task_batch(demo_cfg, task), optim_wrapper)
+    moved = changed(before, backbone)
+    assert not frozen & moved
+    assert 'layers.3.ln1.weight' in moved and 'layers.5.ffn.experts.w1' in moved
+    model.train()
+    assert [layer.training for layer in backbone.layers] == [False] * 3 + [True] * 3
+
+
+def test_two_stage_detector_with_masks_and_batch_augments(demo_cfg, synthetic):
     """The full recipe's Mask R-CNN as the det branch (box and mask losses, masks
     predicted); Mixup in the cls branch's stock preprocessor."""
     det = Config.fromfile(FULL_RECIPE).model.branches.det
     assert det.type == 'MaskRCNN'
     det.neck.in_channels = [demo_cfg.embed_dims] * 4
-    det.roi_head.bbox_head.num_classes = len(DET_CLASSES)
-    det.roi_head.mask_head.num_classes = len(DET_CLASSES)
+    det.roi_head.bbox_head.num_classes = len(synthetic.DET_CLASSES)
+    det.roi_head.mask_head.num_classes = len(synthetic.DET_CLASSES)
     demo_cfg.model.branches.det = det
     load_annotations = demo_cfg.train_dataloader.dataset.datasets.det.pipeline[1]
     assert load_annotations.type == 'LoadAnnotations'

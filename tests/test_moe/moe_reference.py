@@ -7,17 +7,20 @@ import torch.nn.functional as F
 GATE_EPS = 1e-4
 
 
+def _affine(x, weights, biases, task):
+    y = x @ weights[task].double()
+    return y if biases is None else y + biases[task].double()
+
+
 def naive_route(router, x_n, task):
     """Route one token (C,) as the router should: (expert ids, gates) in float64."""
     h = x_n
     if router.hidden_weight is not None:
-        h = F.relu(h @ router.hidden_weight[task].double() +
-                   router.hidden_bias[task].double())
-    probs = torch.softmax(h @ router.weight[task].double() + router.bias[task].double(),
-                          -1)
+        h = F.relu(_affine(h, router.hidden_weight, router.hidden_bias, task))
+    probs = torch.softmax(_affine(h, router.weight, router.bias, task), -1)
     top, idx = probs.sort(descending=True, stable=True)
     top, idx = top[:router.top_k], idx[:router.top_k]
-    gates = top / top.sum() if router.renormalize else top + GATE_EPS
+    gates = top / top.sum() if router.cfg.renormalize else top + router.cfg.eps
     return idx.tolist(), gates
 
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mod_squad.moe import (GroupedExperts, MoAttention, MoEMLP, TokenDispatch,
-                           grouped_linear)
+from mod_squad.moe import (GroupedExperts, MoAttention, MoEMLP, RouterConfig,
+                           TokenDispatch, grouped_linear)
 from mod_squad.moe.experts import grouped_mm_supported
 
 
@@ -53,9 +53,8 @@ def test_grouped_mm_matches_loop(num_tokens):
     results = {}
     for impl in ('loop', 'grouped_mm'):
         experts.zero_grad()
-        experts.impl = impl
         xi = x.clone().requires_grad_()
-        out = experts(xi, d)
+        out = experts(xi, d, impl)
         (out * upstream).sum().backward()
         results[impl] = [out, xi.grad] + [p.grad for p in experts.parameters()]
     for a, b in zip(results['grouped_mm'], results['loop']):
@@ -64,9 +63,9 @@ def test_grouped_mm_matches_loop(num_tokens):
 
 def test_experts_match_reference_and_unused_experts_get_zero_grads():
     d, x = _sorted_rows(3, 8, 2, 8)
-    experts = GroupedExperts(8, 8, 4, impl='loop')
+    experts = GroupedExperts(8, 8, 4)
     x.requires_grad_()
-    out = experts(x, d)
+    out = experts(x, d, 'loop')
     out.sum().backward()
     ex = experts
     expected = torch.stack([
@@ -96,7 +95,7 @@ def test_loop_splits_each_weight_stack_once():
     """``w[e]`` per expert would zero-fill a whole (E, in, out) gradient per expert in
     backward (SelectBackward); the loop unbinds each stack once instead."""
     d, x = _sorted_rows(6, 8, 2, 8)
-    nodes = _backward_nodes(GroupedExperts(8, 8, 4, impl='loop')(x, d))
+    nodes = _backward_nodes(GroupedExperts(8, 8, 4)(x, d, 'loop'))
     assert 'SelectBackward0' not in nodes
     assert nodes.count('UnbindBackward0') == 4  # w1, b1, w2, b2
 
@@ -111,15 +110,8 @@ def test_auto_uses_the_loop_on_cpu_and_rejects_unknown_impl():
         grouped_linear(x, w, None, d, impl='bmm')
 
 
-def _set_impl(layer, impl):
-    if isinstance(layer, MoEMLP):
-        layer.experts.impl = impl
-    else:
-        layer.impl = impl
-
-
 def _forward_backward(layer, x, impl, device_type):
-    _set_impl(layer, impl)
+    layer.router_cfg.impl = impl
     layer.zero_grad()
     x = x.detach().clone().requires_grad_()
     with torch.autocast(device_type, dtype=torch.bfloat16):
@@ -134,7 +126,7 @@ def _forward_backward(layer, x, impl, device_type):
 def test_grouped_mm_under_bf16_autocast_matches_loop(layer_type):
     torch.manual_seed(0)
     args = (16, 8, 2, 16) if layer_type is MoEMLP else (16, 8, 2, 8)
-    layer = layer_type(*args, ('a', ), zero_init_router=False)
+    layer = layer_type(*args, ('a', ), router_cfg=RouterConfig(init='trunc_normal'))
     x = torch.randn(2, 6, 16)
     loop = _forward_backward(layer, x, 'loop', 'cpu')
     grouped = _forward_backward(layer, x, 'grouped_mm', 'cpu')
@@ -148,7 +140,8 @@ def test_grouped_mm_under_bf16_autocast_matches_loop(layer_type):
 def test_cuda_grouped_mm_path_has_no_host_sync(layer_type):
     torch.manual_seed(0)
     args = (64, 8, 2, 64) if layer_type is MoEMLP else (64, 8, 2, 32)
-    layer = layer_type(*args, ('a', ), zero_init_router=False).cuda()
+    layer = layer_type(*args, ('a', ),
+                       router_cfg=RouterConfig(init='trunc_normal')).cuda()
     x = torch.randn(2, 50, 64, device='cuda')
     weight = layer.experts.w1 if layer_type is MoEMLP else layer.q_proj
     if not grouped_mm_supported(x.view(-1, 64).bfloat16(), weight):

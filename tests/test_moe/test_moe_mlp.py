@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
-from mod_squad.moe import MoEAuxLossConfig, MoEMLP, collect_aux_losses
+from mod_squad.moe import MoEAuxLossConfig, MoEMLP, RouterConfig, collect_aux_losses
 from moe_reference import GATE_EPS, assert_matches_reference, naive_moe_mlp, spread_router
 
 TASKS = ('cls', 'seg')
@@ -36,7 +36,7 @@ def test_matches_per_token_reference(num_experts, top_k, shape):
 
 @pytest.mark.parametrize('hidden,renormalize', [(12, False), (None, True)])
 def test_router_variants_match_reference(hidden, renormalize):
-    layer = _layer(6, 2, router_hidden=hidden, renormalize=renormalize)
+    layer = _layer(6, 2, router_cfg=RouterConfig(hidden=hidden, renormalize=renormalize))
     assert_matches_reference(layer, naive_moe_mlp, torch.randn(7, 16), 'cls')
 
 
@@ -82,7 +82,7 @@ def test_dropout_only_in_training():
 
 
 def test_activation_checkpointing_records_routing_once():
-    layer = _layer(4, 2, aux_cfg=MoEAuxLossConfig(z_weight=1.))
+    layer = _layer(4, 2, router_cfg=RouterConfig(aux_loss=MoEAuxLossConfig(z_weight=1.)))
     x = torch.randn(2, 5, 16, requires_grad=True)
     y = cp.checkpoint(layer, x, 'seg', use_reentrant=False)
     losses = collect_aux_losses(layer)
@@ -108,4 +108,4 @@ def test_exposes_task_names_and_per_task_router_weights():
         'experts.w2': (4, 8, 16),
         'experts.b2': (4, 16),
     }
-    assert layer.aux_loss is None  # no aux_cfg
+    assert layer.aux_loss is None  # no auxiliary loss configured

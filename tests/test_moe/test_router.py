@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mod_squad.moe import RouterOutput, TaskRouter
+from mod_squad.moe import RouterConfig, RouterOutput, TaskRouter
 from moe_reference import GATE_EPS, naive_route, spread_router
 
 TASKS = ('cls', 'det', 'seg')
@@ -17,9 +17,12 @@ class Wrapped(torch.nn.Module):
 
 
 @pytest.mark.parametrize('hidden', [None, 12])
-@pytest.mark.parametrize('renormalize', [False, True])
-def test_routing_matches_per_token_reference(hidden, renormalize):
-    router = TaskRouter(8, 6, 3, TASKS, hidden_features=hidden, renormalize=renormalize)
+@pytest.mark.parametrize('renormalize,bias,eps', [(False, True, 1e-4), (True, True, 1e-4),
+                                                  (False, False, 0.01)])
+def test_routing_matches_per_token_reference(hidden, renormalize, bias, eps):
+    router = TaskRouter(8, 6, 3, TASKS,
+                        RouterConfig(hidden=hidden, renormalize=renormalize, bias=bias,
+                                     eps=eps))
     spread_router(Wrapped(router))
     x = torch.randn(10, 8)
     out = router(x, 'det')
@@ -33,10 +36,19 @@ def test_routing_matches_per_token_reference(hidden, renormalize):
     torch.testing.assert_close(out.probs.sum(-1), torch.ones(10))
     if renormalize:
         torch.testing.assert_close(out.gates.sum(-1), torch.ones(10))
+    else:
+        torch.testing.assert_close(out.gates, out.probs.gather(1, out.indices) + eps)
+
+
+@pytest.mark.parametrize('hidden', [None, 5])
+def test_routers_without_bias_have_no_bias_parameters(hidden):
+    router = TaskRouter(8, 4, 2, TASKS, RouterConfig(hidden=hidden, bias=False))
+    names = {name.rsplit('.', 1)[0] for name, _ in router.named_parameters()}
+    assert names == ({'weight', 'hidden_weight'} if hidden else {'weight'})
 
 
 def test_tasks_use_their_own_parameters_and_only_those_get_gradients():
-    router = TaskRouter(8, 4, 2, TASKS, hidden_features=5, noisy_gating=True)
+    router = TaskRouter(8, 4, 2, TASKS, RouterConfig(hidden=5, noisy_gating=True))
     spread_router(Wrapped(router))
     x = torch.randn(6, 8)
     router.eval()
@@ -69,11 +81,25 @@ def test_zero_init_routes_deterministically_to_the_first_experts():
     torch.testing.assert_close(out.probs, torch.full((7, 5), 0.2))
     assert out.indices.tolist() == [[0, 1]] * 7
     torch.testing.assert_close(out.gates, torch.full((7, 2), 0.2 + GATE_EPS))
-    assert not TaskRouter(8, 5, 2, TASKS, zero_init=False).weight['cls'].eq(0).all()
+    assert not TaskRouter(8, 5, 2, TASKS, RouterConfig(init='trunc_normal')).weight[
+        'cls'].eq(0).all()
+
+
+def test_trunc_normal_init_spreads_the_first_routing():
+    """The authors' routers start truncated-normal (std 0.02): tokens already pick
+    different experts at step 0, unlike zero routers (experts 0..k-1 for all)."""
+    torch.manual_seed(0)
+    router = TaskRouter(32, 8, 2, TASKS, RouterConfig(init='trunc_normal'))
+    weight = router.weight['cls']
+    assert abs(weight.std().item() - 0.02) < 0.003
+    assert all(not b.any() for b in router.bias.values())
+    out = router(torch.randn(64, 32), 'cls')
+    assert len(out.indices.unique()) == 8
+    assert (out.probs - 1 / 8).abs().max() < 0.1  # still close to uniform
 
 
 def test_router_math_stays_fp32_under_autocast():
-    router = TaskRouter(8, 4, 2, TASKS, hidden_features=6, zero_init=False)
+    router = TaskRouter(8, 4, 2, TASKS, RouterConfig(hidden=6, init='trunc_normal'))
     x = torch.randn(5, 8)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = router(x.bfloat16(), 'cls')
@@ -85,7 +111,7 @@ def test_router_math_stays_fp32_under_autocast():
 
 
 def test_noisy_gating_only_in_training():
-    router = TaskRouter(8, 4, 2, TASKS, noisy_gating=True)
+    router = TaskRouter(8, 4, 2, TASKS, RouterConfig(noisy_gating=True))
     x = torch.randn(64, 8)
     router.eval()
     clean = router(x, 'cls').logits

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from mod_squad.moe import (MoAttention, MoEMLP, all_reduce_expert_usage,
+from mod_squad.moe import (MoAttention, MoEMLP, RouterConfig, all_reduce_expert_usage,
                            expert_usage_modules, num_experts_used, reset_expert_usage,
                            stack_expert_usage, usage_entropy, usage_share)
 
@@ -17,15 +17,16 @@ class Model(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.attn = MoAttention(16, 6, 2, 8, TASKS, zero_init_router=False)
-        self.mlp = MoEMLP(16, 4, 2, 8, TASKS, zero_init_router=False)
+        cfg = RouterConfig(init='trunc_normal')
+        self.attn = MoAttention(16, 6, 2, 8, TASKS, router_cfg=cfg)
+        self.mlp = MoEMLP(16, 4, 2, 8, TASKS, router_cfg=cfg)
 
     def forward(self, x, task):
         return self.mlp(self.attn(x, task), task)
 
 
 def test_counts_equal_the_routed_tokens():
-    layer = MoEMLP(16, 5, 2, 8, TASKS, zero_init_router=False)
+    layer = MoEMLP(16, 5, 2, 8, TASKS, router_cfg=RouterConfig(init='trunc_normal'))
     x1, x2 = torch.randn(3, 4, 16), torch.randn(7, 16)
     layer.eval()  # statistics are kept in evaluation too
     layer(x1, 'det')

@@ -13,7 +13,8 @@ Cases (``--cases``, default all available) and the baseline of their ratio:
   the token count is rounded up to a multiple of E (MOELayer's requirement).
 - ``dense_attention``: ViT multi-head self-attention, ``--num-heads`` heads.
 - ``moa`` (vs ``dense_attention``): :class:`mod_squad.moe.MoAttention`,
-  ``--attn-experts`` heads of width C / heads, ``--attn-top-k`` per token.
+  ``--attn-experts`` heads of width ``--attn-head-dims`` (default C / heads; the
+  authors' ViT-B: 128), ``--attn-top-k`` per token.
 - ``dense_vit``: mmpretrain's ``VisionTransformer`` (``--num-layers`` blocks of width
   ``--embed-dims``) on ``--batch`` images of 224 px (for 197 tokens).
 - ``mod_squad_vit`` (vs ``dense_vit``): ``ModSquadViT`` of the same width and depth,
@@ -126,13 +127,19 @@ def build_dense_mlp(args, device):
     return make_step(mlp, tokens(args, device), lambda m, x: m(x), args)
 
 
+def router_cfg(args) -> dict:
+    """Routers of the mod_squad cases: random (not zero) initialisation, so that tokens
+    spread over the experts, and the expert path of ``--impl``."""
+    return dict(init='trunc_normal', impl=args.impl)
+
+
 @register_case('moe_mlp', 'mod_squad MoEMLP, E experts C -> H -> C, top-k, dropless',
                baseline='dense_mlp')
 def build_moe_mlp(args, device):
     moe = import_moe()
     layer = moe.MoEMLP(args.embed_dims, args.num_experts, args.top_k,
-                       args.expert_hidden, ('task', ), zero_init_router=False).to(device)
-    layer.experts.impl = args.impl
+                       args.expert_hidden, ('task', ),
+                       router_cfg=moe.RouterConfig(**router_cfg(args))).to(device)
     return make_step(layer, tokens(args, device), lambda m, x: m(x, 'task'), args)
 
 
@@ -200,9 +207,8 @@ def build_dense_attention(args, device):
 def build_moa(args, device):
     moe = import_moe()
     layer = moe.MoAttention(args.embed_dims, args.attn_experts, args.attn_top_k,
-                            args.embed_dims // args.num_heads, ('task', ),
-                            zero_init_router=False).to(device)
-    layer.impl = args.impl
+                            attn_head_dims(args), ('task', ),
+                            router_cfg=moe.RouterConfig(**router_cfg(args))).to(device)
     return make_step(layer, tokens(args, device), lambda m, x: m(x, 'task'), args)
 
 
@@ -238,15 +244,15 @@ def build_dense_vit(args, vit_cls):
 @openmmlab_backbone
 def build_mod_squad_vit(args, vit_cls):
     from mod_squad.models import ModSquadViT
-    backbone = ModSquadViT(
+    return ModSquadViT(
         arch=vit_arch(args), img_size=224, num_experts=args.num_experts,
         top_k=args.top_k, expert_hidden=args.expert_hidden,
         num_attn_experts=args.attn_experts, attn_top_k=args.attn_top_k,
-        zero_init_router=False)
-    for module in backbone.modules():
-        if hasattr(module, 'impl'):
-            module.impl = args.impl
-    return backbone
+        attn_head_dims=attn_head_dims(args), router_cfg=router_cfg(args))
+
+
+def attn_head_dims(args) -> int:
+    return args.attn_head_dims or args.embed_dims // args.num_heads
 
 
 def vit_arch(args) -> dict:
@@ -327,6 +333,8 @@ def parse_args(argv=None):
     parser.add_argument('--num-layers', type=int, default=12, help='backbone blocks')
     parser.add_argument('--attn-experts', type=int, default=24)
     parser.add_argument('--attn-top-k', type=int, default=12)
+    parser.add_argument('--attn-head-dims', type=int, default=None,
+                        help='MoA head width (default: embed dims / heads)')
     parser.add_argument('--batch', type=int, default=8, help='images')
     parser.add_argument('--seq-len', type=int, default=197, help='tokens per image')
     parser.add_argument('--warmup', type=int, default=3)
@@ -362,7 +370,8 @@ def main():
           f'{torch.get_num_threads()} threads, amp={args.amp}, impl={args.impl}')
     print(f'tokens {args.batch} x {args.seq_len}, C={args.embed_dims}, MLP: E='
           f'{args.num_experts}, k={args.top_k}, H={args.expert_hidden}; attention: '
-          f'{args.num_heads} heads, E={args.attn_experts}, k={args.attn_top_k}')
+          f'{args.num_heads} heads, E={args.attn_experts}, k={args.attn_top_k}, '
+          f'head width {attn_head_dims(args)}')
     print(f'median of {args.rounds} interleaved rounds x {args.iters} steps '
           '(forward + backward)\n')
     print(f'{"case":<28}{"ms/step":>9}{"ratio":>7}  {"vs":<16}{"peak MiB":>9}  '

@@ -1,4 +1,5 @@
 from .heterogeneous_dataset import HeterogeneousDataset
-from .task_batch_sampler import DEFAULT_RATIOS, TaskBatchSampler
+from .seeded_index import SeededIndex
+from .task_batch_sampler import TaskBatchSampler
 
-__all__ = ['HeterogeneousDataset', 'TaskBatchSampler', 'DEFAULT_RATIOS']
+__all__ = ['HeterogeneousDataset', 'SeededIndex', 'TaskBatchSampler']

@@ -1,13 +1,13 @@
 """One stock dataset per task in one index space, each sample tagged with its task."""
-import bisect
-import itertools
+import logging
 import os.path as osp
 from typing import Dict, Tuple, Union
 
-from mmengine.dataset import BaseDataset, force_full_init
-from torch.utils.data import Dataset
+from mmengine.dataset import BaseDataset, ConcatDataset, force_full_init
+from mmengine.logging import print_log
 
 from mod_squad.registry import DATASETS
+from .seeded_index import SeededIndex, seeded_random_state
 
 
 def _local_paths(cfg: dict) -> Dict[str, str]:
@@ -33,35 +33,110 @@ def build_task_dataset(task: str, cfg: dict) -> BaseDataset:
     pipeline's transforms in the default scope, where several names
     (``LoadAnnotations``, ``Resize``, ...) are other toolboxes' classes.
 
+    It is built with ``lazy_init=True``, so that :func:`load_task_dataset` loads it
+    and names the task in its errors.
+
     Raises:
         FileNotFoundError: A ``data_root``/``ann_file``/``data_prefix`` path does not
             exist; the message names the task and the path.
+        ValueError: The ``ann_file`` is empty (0 bytes).
     """
     for key, path in _local_paths(cfg).items():
-        if not osp.exists(osp.expanduser(path)):
+        local = osp.expanduser(path)
+        if not osp.exists(local):
             raise FileNotFoundError(
                 f"HeterogeneousDataset: task '{task}': {key} '{path}' does not exist")
-    cfg = dict(cfg)
+        if key == 'ann_file' and osp.getsize(local) == 0:
+            raise ValueError(f"HeterogeneousDataset: task '{task}': ann_file '{path}' "
+                             'is empty (0 bytes)')
+    cfg = dict(cfg, lazy_init=True)
     if '_scope_' not in cfg and isinstance(cfg.get('type'), str) and '.' in cfg['type']:
         cfg['_scope_'], cfg['type'] = cfg['type'].split('.', 1)
     return DATASETS.build(cfg)
 
 
+def _source(dataset) -> str:
+    """Where a stock dataset reads its samples from, for messages."""
+    if getattr(dataset, 'ann_file', ''):
+        return f"ann_file '{dataset.ann_file}'"
+    return f'data_prefix {getattr(dataset, "data_prefix", None)}'
+
+
+def load_task_dataset(task: str, dataset: BaseDataset) -> None:
+    """``dataset.full_init()``, then check what it loaded.
+
+    Warns if a COCO-style dataset (mmdet ``CocoDataset`` and its subclasses) dropped
+    annotations whose category is not one of its classes.
+
+    Raises:
+        ValueError: The dataset has no samples (mmengine would fail with ``need at
+            least one array to concatenate``); the message names the task and the file.
+    """
+    try:
+        dataset.full_init()
+    except ValueError as error:
+        # mmengine serialises the samples with np.concatenate, which fails on none.
+        if getattr(dataset, 'data_list', None) != [] or \
+                'at least one array' not in str(error):
+            raise
+        num_samples = 0
+    else:
+        num_samples = len(dataset)
+    if not num_samples:
+        filter_cfg = getattr(dataset, 'filter_cfg', None)
+        raise ValueError(
+            f"HeterogeneousDataset: task '{task}': {type(dataset).__name__} found no "
+            f'samples in {_source(dataset)}'
+            + (f' (after filter_cfg={filter_cfg})' if filter_cfg else '')
+            + '; fix the annotations, or leave the task out of the dataset')
+    _warn_unknown_categories(task, dataset)
+
+
+def _warn_unknown_categories(task: str, dataset: BaseDataset) -> None:
+    """Warn about the annotations a COCO-style dataset dropped for their category.
+
+    mmdet's ``CocoDataset`` keeps the annotations of ``cat_ids`` (its classes' ids)
+    only; ``cat_img_map`` (category id -> one image id per annotation) still counts
+    all of them after loading.
+    """
+    cat_ids = getattr(dataset, 'cat_ids', None)
+    cat_img_map = getattr(dataset, 'cat_img_map', None)
+    if cat_ids is None or cat_img_map is None:
+        return
+    unknown = sorted(set(cat_img_map) - set(cat_ids))
+    if unknown:
+        num_dropped = sum(len(cat_img_map[cat_id]) for cat_id in unknown)
+        print_log(
+            f"HeterogeneousDataset: task '{task}': {type(dataset).__name__} drops "
+            f'{num_dropped} annotations in {_source(dataset)} whose category ids '
+            f'{unknown} are not among the ids of its {len(cat_ids)} classes; add '
+            "those categories' names to `metainfo.classes` to train on them",
+            logger='current',
+            level=logging.WARNING)
+
+
 @DATASETS.register_module()
-class HeterogeneousDataset(Dataset):
+class HeterogeneousDataset(ConcatDataset):
     """Stock single-task datasets concatenated into one index space, one per task.
 
-    Global indices ``task_ranges[task]`` address ``datasets[task]`` in task order, as in
-    :class:`mmengine.dataset.ConcatDataset`, but every dataset keeps its own pipeline,
-    metainfo and sample type. ``__getitem__`` returns the stock packed sample
-    (``inputs``, ``data_samples``) plus ``'task'``; batches of one task collate with
-    ``pseudo_collate`` into ``task=[task] * batch_size``. Pair it with
-    :class:`~mod_squad.datasets.TaskBatchSampler` so that every batch holds one task.
+    As :class:`mmengine.dataset.ConcatDataset` (global indices address the
+    ``datasets`` in task order, ``cumulative_sizes``, ``get_data_info``), but every
+    dataset keeps its own pipeline, metainfo and sample type. ``__getitem__`` returns
+    the stock packed sample (``inputs``, ``data_samples``) plus ``'task'``; batches of
+    one task collate with ``pseudo_collate`` into ``task=[task] * batch_size``. Pair
+    it with :class:`~mod_squad.datasets.TaskBatchSampler` so that every batch holds
+    one task; that sampler's indices are
+    :class:`~mod_squad.datasets.SeededIndex` pairs, whose pipelines run from their
+    own seed (see :meth:`__getitem__`).
+
+    Loading checks each task (:func:`load_task_dataset`): an empty dataset is an
+    error, annotations of unknown categories are warned about.
 
     Args:
         datasets (dict[str, dict | BaseDataset]): Task name -> stock dataset or its
             config, e.g. ``dict(_scope_='mmdet', type='CocoDataset', ...)``. The order
-            of the keys is the task order.
+            of the keys is the task order. Configs are built with ``lazy_init=True``
+            and loaded by :meth:`full_init`.
         lazy_init (bool): Defer loading the annotations to :meth:`full_init`.
             Defaults to False.
     """
@@ -69,17 +144,20 @@ class HeterogeneousDataset(Dataset):
     def __init__(self,
                  datasets: Dict[str, Union[dict, BaseDataset]],
                  lazy_init: bool = False):
+        # Not ConcatDataset.__init__: it requires equal metainfo of all datasets.
         if not isinstance(datasets, dict) or not datasets:
             raise ValueError('HeterogeneousDataset: `datasets` must be a non-empty '
                              f'dict of task name -> dataset, got {datasets!r}')
-        self.datasets: Dict[str, BaseDataset] = {}
+        #: Task name -> its dataset, in task order.
+        self.task_datasets: Dict[str, BaseDataset] = {}
         for task, dataset in datasets.items():
             if isinstance(dataset, dict):
                 dataset = build_task_dataset(task, dataset)
             elif not isinstance(dataset, BaseDataset):
                 raise TypeError(f"HeterogeneousDataset: task '{task}' must be a "
                                 f'dataset config or a BaseDataset, got {type(dataset)}')
-            self.datasets[task] = dataset
+            self.task_datasets[task] = dataset
+        self.datasets = list(self.task_datasets.values())
         self._fully_initialized = False
         if not lazy_init:
             self.full_init()
@@ -87,23 +165,21 @@ class HeterogeneousDataset(Dataset):
     @property
     def task_names(self) -> Tuple[str, ...]:
         """Task names in task order."""
-        return tuple(self.datasets)
+        return tuple(self.task_datasets)
 
     @property
     def metainfo(self) -> dict:
         """Task -> a copy of that dataset's metainfo."""
-        return {task: dataset.metainfo for task, dataset in self.datasets.items()}
+        return {task: dataset.metainfo for task, dataset in self.task_datasets.items()}
 
     def full_init(self) -> None:
-        """Load every dataset's annotations and lay out the global index ranges."""
+        """Load and check every task's dataset (:func:`load_task_dataset`) and lay
+        out the global index ranges."""
         if self._fully_initialized:
             return
-        for dataset in self.datasets.values():
-            dataset.full_init()
-        #: End of each task's range, e.g. sizes (2, 3, 4) -> [2, 5, 9].
-        self.cumulative_sizes = list(
-            itertools.accumulate(len(dataset) for dataset in self.datasets.values()))
-        self._fully_initialized = True
+        for task, dataset in self.task_datasets.items():
+            load_task_dataset(task, dataset)
+        super().full_init()
 
     @property
     @force_full_init
@@ -116,29 +192,31 @@ class HeterogeneousDataset(Dataset):
         }
 
     @force_full_init
-    def __len__(self) -> int:
-        return self.cumulative_sizes[-1]
-
-    @force_full_init
     def locate(self, index: int) -> Tuple[str, int]:
         """Global index -> (task, index in that task's dataset)."""
         if not 0 <= index < len(self):
             raise IndexError(f'index {index} out of range for {len(self)} samples')
-        position = bisect.bisect_right(self.cumulative_sizes, index)
-        start = self.cumulative_sizes[position - 1] if position else 0
-        return self.task_names[position], index - start
+        position, local = self._get_ori_dataset_idx(index)
+        return self.task_names[position], local
 
     def task_of(self, index: int) -> str:
         """The task of a global index."""
         return self.locate(index)[0]
 
-    def get_data_info(self, index: int) -> dict:
-        """The annotation of a global index, from its task's dataset."""
-        task, local = self.locate(index)
-        return self.datasets[task].get_data_info(local)
+    def __getitem__(self, index: Union[int, SeededIndex]) -> dict:
+        """The packed sample of a global index, tagged with its task.
 
-    def __getitem__(self, index: int) -> dict:
+        ``index`` is an int, or an ``(index, seed)`` pair
+        (:class:`~mod_squad.datasets.SeededIndex`): its pipeline then draws from
+        torch's CPU, numpy's global and ``random``'s generators seeded with ``seed``,
+        and those generators are put back as they were afterwards
+        (:func:`~mod_squad.datasets.seeded_index.seeded_random_state`).
+        """
+        if isinstance(index, tuple):
+            index, seed = index
+            with seeded_random_state(seed):
+                return self[index]
         task, local = self.locate(index)
-        sample = self.datasets[task][local]
+        sample = self.task_datasets[task][local]
         sample['task'] = task
         return sample

@@ -9,13 +9,12 @@ from mmengine.logging import print_log
 from torch.utils.data import Sampler
 
 from mod_squad.registry import DATA_SAMPLERS
+from .seeded_index import SeededIndex
 
-#: Per-iteration task ratios of the paper's tasks, used when ``ratios`` is None.
-DEFAULT_RATIOS = dict(cls=15, det=10, seg=5)
 #: Task draws are generated this many iterations at a time.
 DRAW_BLOCK = 1024
-# Domains of the two random streams, so that their seed sequences never coincide.
-_DRAWS, _SHARDS = 0, 1
+# Domains of the random streams, so that their seed sequences never coincide.
+_DRAWS, _SHARDS, _SAMPLES = 0, 1, 2
 
 
 def _normalise(ratios: Dict[str, float]) -> Dict[str, float]:
@@ -36,7 +35,14 @@ class TaskBatchSampler(Sampler):
     ``(seed, task, pass)``, padded to a multiple of the world size by repeating its
     start and sharded ``[rank::world_size]`` as ``DefaultSampler`` does, so ranks read
     disjoint samples within a pass. Streams are infinite: a batch may span two passes.
-    Yields lists of global dataset indices.
+
+    Yields lists of :class:`~mod_squad.datasets.SeededIndex`: each global dataset
+    index with the seed of its augmentations, drawn from ``(seed, rank, iteration,
+    position in the batch)``; the dataset runs the sample's pipeline from that seed.
+    So the augmentations, like the samples, are a function of the iteration, whichever
+    data worker loads them and however many batches it loaded before: a resumed run
+    (:meth:`set_iter`, :meth:`load_state_dict`), whose workers start afresh, sees the
+    same augmented batches as an uninterrupted one, for any ``num_workers``.
 
     An *epoch* (``len(self)``) is the number of iterations in which, at the configured
     ratios, every task is expected to go once through its per-rank shard, i.e. one
@@ -57,7 +63,10 @@ class TaskBatchSampler(Sampler):
         batch_sizes (dict[str, int], optional): Task -> batch size per rank.
         ratios (dict[str, float] | list[float], optional): Relative frequency of each
             task: a dict keyed by the dataset's tasks, or a list in task order. None
-            takes :data:`DEFAULT_RATIOS` (cls 15 : det 10 : seg 5).
+            gives every task the same ratio. A ratio of 0 keeps a task untrained
+            but evaluated, e.g. the old tasks while fine-tuning on a new one (the
+            model's branches and the train dataset's tasks must match, so such a
+            task keeps its train dataset); it is warned about.
     """
 
     def __init__(self,
@@ -94,12 +103,7 @@ class TaskBatchSampler(Sampler):
 
     def _parse_ratios(self, ratios) -> Dict[str, float]:
         if ratios is None:
-            missing = [t for t in self.task_names if t not in DEFAULT_RATIOS]
-            if missing:
-                raise ValueError(
-                    f'TaskBatchSampler: no default ratio for tasks {missing}; set '
-                    f'`ratios` for {list(self.task_names)}')
-            ratios = {t: DEFAULT_RATIOS[t] for t in self.task_names}
+            ratios = dict.fromkeys(self.task_names, 1.)
         elif isinstance(ratios, dict):
             if set(ratios) != set(self.task_names):
                 raise ValueError(
@@ -120,6 +124,14 @@ class TaskBatchSampler(Sampler):
                 sum(ratios.values()) <= 0:
             raise ValueError('TaskBatchSampler: ratios must be finite, >= 0 and not '
                              f'all zero, got {ratios}')
+        untrained = [t for t, r in ratios.items() if r == 0]
+        if untrained:
+            print_log(
+                f'TaskBatchSampler: tasks {untrained} have ratio 0: they are never '
+                'trained, only evaluated (if the val loop has them); give them a '
+                'ratio > 0 to train them',
+                logger='current',
+                level=logging.WARNING)
         return ratios
 
     def _parse_batch_sizes(self, batch_size, batch_sizes) -> Dict[str, int]:
@@ -197,12 +209,18 @@ class TaskBatchSampler(Sampler):
         self._consumed = (counts * self._sizes).tolist()
         self._iter = iteration
 
-    def __iter__(self) -> Iterator[List[int]]:
+    def _seeded(self, iteration: int, indices: List[int]) -> List[SeededIndex]:
+        """The indices of an iteration's batch, each with its sample seed."""
+        key = [self.seed, _SAMPLES, self.rank, iteration]
+        seeds = np.random.SeedSequence(key).generate_state(len(indices))
+        return [SeededIndex(i, seed) for i, seed in zip(indices, seeds.tolist())]
+
+    def __iter__(self) -> Iterator[List[SeededIndex]]:
         end = (self._iter // len(self) + 1) * len(self)
         while self._iter < end:
-            task = self._task_id(self._iter)
+            iteration = self._iter
             self._iter += 1
-            yield self._batch(task)
+            yield self._seeded(iteration, self._batch(self._task_id(iteration)))
 
     def __len__(self) -> int:
         """Iterations of one epoch (see the class docstring)."""

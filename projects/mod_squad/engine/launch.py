@@ -2,9 +2,12 @@
 import argparse
 import os
 import os.path as osp
+from typing import Optional
 
 import torch
 from mmengine.config import Config, DictAction
+
+from .resumable_checkpoint import find_resumable_checkpoint
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +48,22 @@ def load_config(args: argparse.Namespace) -> Config:
         wrapper['device_ids'] = None
         cfg.model_wrapper_cfg = wrapper
     return cfg
+
+
+def set_resume(cfg: Config, resume: Optional[str]) -> None:
+    """Apply ``tools/train.py --resume [PATH]`` to ``cfg``.
+
+    ``resume`` is ``None`` (no option), a checkpoint path, or ``'auto'`` (the option
+    without a path): resume from the checkpoint that
+    :func:`~mod_squad.engine.find_resumable_checkpoint` finds in the work dir, which
+    falls back from a broken ``last_checkpoint`` to the newest complete checkpoint,
+    or start a new run when there is none.
+    """
+    if resume is None:
+        return
+    cfg.load_from = (find_resumable_checkpoint(cfg.work_dir)
+                     if resume == 'auto' else resume)
+    cfg.resume = cfg.load_from is not None
 
 
 def init_cpu_process_group(cfg: Config) -> None:

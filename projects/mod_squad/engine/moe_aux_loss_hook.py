@@ -16,7 +16,7 @@ class MoEAuxLossHook(Hook):
     Stock mmdet/mmseg/mmpretrain models call the backbone and return only their
     heads' losses; this hook wraps the model's forward (also under DDP, whose
     ``train_step`` calls the wrapped module's forward) so that a ``ModSquadViT``
-    built with ``aux_loss_cfg`` trains with its losses::
+    built with ``router_cfg=dict(aux_loss=...)`` trains with its losses::
 
         custom_hooks = [dict(type='mod_squad.MoEAuxLossHook')]
     """
@@ -30,7 +30,8 @@ class MoEAuxLossHook(Hook):
         if not any(isinstance(m, RouterAuxLoss) for m in model.modules()):
             print_log(
                 'MoEAuxLossHook: the model has no MoE auxiliary losses (give the '
-                'backbone an aux_loss_cfg with a positive weight); nothing to add.',
+                'backbone a router_cfg.aux_loss with a positive weight); nothing to '
+                'add.',
                 logger='current', level=30)
             return
         self._handle = model.register_forward_hook(

@@ -7,6 +7,7 @@ from mmengine.runner import IterBasedTrainLoop
 from mmengine.runner.loops import _InfiniteDataloaderIterator
 
 from mod_squad.registry import LOOPS
+from .random_state_hook import RandomStateHook
 from .task_sampler_state_hook import TaskSamplerStateHook
 
 
@@ -18,16 +19,21 @@ class TaskIterBasedTrainLoop(IterBasedTrainLoop):
     mmengine resumes at iteration ``n`` by loading and dropping ``n`` batches. When the
     dataloader's batch sampler has ``set_iter``, this loop moves it to ``n`` instead
     (replaying only the task draws) and restarts the dataloader iterator, whose workers
-    prefetched from iteration 0 when the loop was built. It registers a
-    :class:`TaskSamplerStateHook` unless the runner has one, so that checkpoints carry
-    the sampler's seed. Arguments are those of ``IterBasedTrainLoop``.
+    prefetched from iteration 0 when the loop was built, before calling the
+    ``before_train_epoch`` hooks, so that they see the data of iteration ``n``
+    (:class:`RandomStateHook` restores the random states there: restarting the
+    iterator draws from torch's generator). It registers a
+    :class:`TaskSamplerStateHook` and a :class:`RandomStateHook` unless the runner has
+    them, so that checkpoints carry the sampler's seed and the random states.
+    Arguments are those of ``IterBasedTrainLoop``.
     """
 
     def __init__(self, runner, *args, **kwargs):
         super().__init__(runner, *args, **kwargs)
         self._check_tasks_have_branches()
-        if not any(isinstance(hook, TaskSamplerStateHook) for hook in runner.hooks):
-            runner.register_hook(TaskSamplerStateHook())
+        for hook_type in (TaskSamplerStateHook, RandomStateHook):
+            if not any(isinstance(hook, hook_type) for hook in runner.hooks):
+                runner.register_hook(hook_type())
 
     def _check_tasks_have_branches(self) -> None:
         """Every task of the data needs a branch of the model, and vice versa."""
@@ -67,11 +73,12 @@ class TaskIterBasedTrainLoop(IterBasedTrainLoop):
             next(self.dataloader_iterator)
 
     def run(self):
-        """``IterBasedTrainLoop.run`` with :meth:`_skip_trained_iters` on resume."""
+        """``IterBasedTrainLoop.run`` with :meth:`_skip_trained_iters` on resume,
+        before the ``before_train_epoch`` hooks."""
         self.runner.call_hook('before_train')
-        self.runner.call_hook('before_train_epoch')
         if self._iter > 0:
             self._skip_trained_iters()
+        self.runner.call_hook('before_train_epoch')
         while self._iter < self._max_iters and not self.stop_training:
             self.runner.model.train()
             self.run_iter(next(self.dataloader_iterator))

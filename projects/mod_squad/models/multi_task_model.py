@@ -7,6 +7,7 @@ from mmengine.model import BaseModel, ModuleDict
 from mod_squad.moe import collect_aux_losses
 from mod_squad.registry import MODELS
 from .backbones import SharedBackboneView
+from .branch_inputs import check_branch_inputs
 from .multi_task_data_preprocessor import MultiTaskDataPreprocessor
 
 
@@ -19,7 +20,10 @@ class ModSquadMultiTaskModel(BaseModel):
     ``MaskRCNN`` or ``RetinaNet``, an mmseg ``EncoderDecoder``, with its own data
     preprocessor, neck, heads, losses and train/test settings. Its ``backbone`` is a
     :class:`SharedBackboneView` (``dict(type='mod_squad.SharedBackboneView',
-    out_type=...)``), which runs the shared backbone with that task's routers.
+    out_type=...)``), which runs the shared backbone with that task's routers and
+    shapes its outputs for the branch's neck; a neck that cannot take them (e.g. an
+    FPN given ``(B, C)`` vectors) is an error at construction. The shared backbone
+    itself returns tokens (``out_type='raw'``) and needs no ``out_type``.
 
     A batch holds one task (``data['task']``). ``forward(mode='loss')`` returns the
     branch's losses prefixed by the task (``cls.loss``, ``det.loss_rpn_cls``,
@@ -33,8 +37,8 @@ class ModSquadMultiTaskModel(BaseModel):
     find_unused_parameters=True)``.
 
     Args:
-        backbone (dict): ``ModSquadViT`` config; ``task_names`` defaults to the
-            branch names.
+        backbone (dict): ``ModSquadViT`` config without ``out_type``;
+            ``task_names`` defaults to the branch names.
         branches (dict[str, dict]): Task name -> stock model config.
         loss_weights (dict[str, float], optional): Task name -> weight of its losses
             (default 1 for every task).
@@ -50,6 +54,12 @@ class ModSquadMultiTaskModel(BaseModel):
             raise ValueError('ModSquadMultiTaskModel needs at least one branch.')
         backbone = dict(backbone)
         backbone.setdefault('task_names', tuple(branches))
+        if backbone.setdefault('out_type', 'raw') != 'raw':
+            raise ValueError(
+                f"model.backbone.out_type={backbone['out_type']!r} is not used: each "
+                "branch's SharedBackboneView shapes its own outputs (e.g. "
+                "branches.cls.backbone=dict(type='mod_squad.SharedBackboneView', "
+                "out_type='avg_featmap')). Remove out_type from the shared backbone.")
         self.backbone = MODELS.build(backbone)
         no_router = sorted(set(branches) - set(self.backbone.task_names))
         if no_router:
@@ -66,6 +76,7 @@ class ModSquadMultiTaskModel(BaseModel):
                     "dict(type='mod_squad.SharedBackboneView', ...), got "
                     f'{type(getattr(branch, "backbone", None)).__name__}.')
             branch.backbone.bind(self.backbone, task)
+            check_branch_inputs(task, branch)
         self.data_preprocessor.bind(self.branches)
         loss_weights = dict(loss_weights or {})
         unknown = sorted(set(loss_weights) - set(branches))
@@ -99,13 +110,6 @@ class ModSquadMultiTaskModel(BaseModel):
             return branch._forward(inputs, data_samples)
         raise RuntimeError(f'Invalid mode "{mode}". Only supports loss, predict and '
                            'tensor mode')
-
-    def get_layer_depth(self, param_name: str) -> tuple:
-        """Layer depth for layer-wise learning-rate decay, e.g. with
-        ``optim_wrapper=dict(constructor='mmpretrain.LearningRateDecayOptimWrapper'
-        'Constructor', paramwise_cfg=dict(layer_decay_rate=0.7))`` (ViTDet, mmseg's
-        ViT recipes): backbone blocks by depth, every branch at the top depth."""
-        return self.backbone.get_layer_depth(param_name, 'backbone.')
 
     def _task_losses(self, task: str, losses: dict) -> dict:
         """Prefix every key with ``task.`` and scale the loss terms by its weight."""

@@ -1,5 +1,7 @@
 """Plain-PyTorch mixture-of-experts core of Mod-Squad (imports only torch).
 
+- :mod:`.config`: :class:`RouterConfig` (one per model, shared by its routed layers)
+  and :class:`MoEAuxLossConfig`.
 - :mod:`.router`: :class:`TaskRouter` (top-k routers, own parameters per task)
   and :class:`RouterOutput`.
 - :mod:`.dispatch`: :class:`TokenDispatch`, dropless sort-by-expert reordering.
@@ -7,13 +9,14 @@
   :class:`GroupedExperts`.
 - :mod:`.moe_mlp`: :class:`MoEMLP`; :mod:`.moa`: :class:`MoAttention`; both built on
   :class:`RoutedLayer` (:mod:`.routed_layer`).
-- :mod:`.losses`: :class:`MoEAuxLossConfig`, :func:`collect_aux_losses`.
+- :mod:`.losses`: :class:`RouterAuxLoss`, :func:`collect_aux_losses`.
 - :mod:`.stats`: :class:`ExpertUsage` and readers of per-task expert usage.
 """
+from .config import MoEAuxLossConfig, RouterConfig
 from .dispatch import TokenDispatch
 from .experts import GroupedExperts, grouped_linear, grouped_mm_supported
-from .losses import (MoEAuxLossConfig, RouterAuxLoss, collect_aux_losses,
-                     mutual_information_loss, switch_loss)
+from .losses import (RouterAuxLoss, collect_aux_losses, mutual_information_loss,
+                     switch_loss)
 from .moa import MoAttention
 from .moe_mlp import MoEMLP
 from .routed_layer import RoutedLayer
@@ -23,10 +26,10 @@ from .stats import (ExpertUsage, all_reduce_expert_usage, expert_usage_modules,
                     usage_entropy, usage_share)
 
 __all__ = [
-    'TaskRouter', 'RouterOutput', 'check_task_names', 'TokenDispatch', 'GroupedExperts', 'grouped_linear',
-    'grouped_mm_supported', 'RoutedLayer', 'MoEMLP', 'MoAttention',
-    'MoEAuxLossConfig', 'RouterAuxLoss', 'collect_aux_losses',
-    'mutual_information_loss', 'switch_loss', 'ExpertUsage', 'expert_usage_modules',
-    'stack_expert_usage', 'reset_expert_usage', 'all_reduce_expert_usage',
-    'usage_share', 'usage_entropy', 'num_experts_used'
+    'RouterConfig', 'MoEAuxLossConfig', 'TaskRouter', 'RouterOutput',
+    'check_task_names', 'TokenDispatch', 'GroupedExperts', 'grouped_linear',
+    'grouped_mm_supported', 'RoutedLayer', 'MoEMLP', 'MoAttention', 'RouterAuxLoss',
+    'collect_aux_losses', 'mutual_information_loss', 'switch_loss', 'ExpertUsage',
+    'expert_usage_modules', 'stack_expert_usage', 'reset_expert_usage',
+    'all_reduce_expert_usage', 'usage_share', 'usage_entropy', 'num_experts_used'
 ]

@@ -105,7 +105,6 @@ class GroupedExperts(nn.Module):
         hidden_features (int): H of each expert.
         act_layer (type): Activation. Defaults to ``nn.GELU``.
         drop (float): Dropout after the activation.
-        impl (str): See :func:`grouped_linear`. Settable attribute.
     """
 
     def __init__(self,
@@ -113,8 +112,7 @@ class GroupedExperts(nn.Module):
                  in_features: int,
                  hidden_features: int,
                  act_layer: type = nn.GELU,
-                 drop: float = 0.,
-                 impl: str = 'auto'):
+                 drop: float = 0.):
         super().__init__()
         self.w1 = nn.Parameter(torch.empty(num_experts, in_features, hidden_features))
         self.b1 = nn.Parameter(torch.empty(num_experts, hidden_features))
@@ -122,7 +120,6 @@ class GroupedExperts(nn.Module):
         self.b2 = nn.Parameter(torch.empty(num_experts, in_features))
         self.act = act_layer()
         self.drop = nn.Dropout(drop)
-        self.impl = impl
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -132,12 +129,13 @@ class GroupedExperts(nn.Module):
         for b in (self.b1, self.b2):
             nn.init.zeros_(b)
 
-    def forward(self, x: torch.Tensor, dispatch: TokenDispatch) -> torch.Tensor:
-        """x: (M, C) rows sorted by expert -> (M, C)."""
-        h = self.act(grouped_linear(x, self.w1, self.b1, dispatch, self.impl))
-        return grouped_linear(self.drop(h), self.w2, self.b2, dispatch, self.impl)
+    def forward(self, x: torch.Tensor, dispatch: TokenDispatch,
+                impl: str = 'auto') -> torch.Tensor:
+        """x: (M, C) rows sorted by expert -> (M, C); ``impl``: see
+        :func:`grouped_linear`."""
+        h = self.act(grouped_linear(x, self.w1, self.b1, dispatch, impl))
+        return grouped_linear(self.drop(h), self.w2, self.b2, dispatch, impl)
 
     def extra_repr(self) -> str:
         E, C, H = self.w1.shape
-        return (f'num_experts={E}, in_features={C}, hidden_features={H}, '
-                f'impl={self.impl!r}')
+        return f'num_experts={E}, in_features={C}, hidden_features={H}'

@@ -2,16 +2,19 @@
 
 Every MoE layer built with an enabled :class:`MoEAuxLossConfig` owns a
 :class:`RouterAuxLoss`. In training forwards (with grad enabled) it accumulates what
-its losses need: per-task router probability mass (with grad), per-expert token counts,
-squared log-sum-exp of the logits. :func:`collect_aux_losses` then computes every
-layer's weighted losses, sums them per kind over the layers and clears the state.
+its losses need: per-task router probability mass (with grad), per-expert slot counts
+(those of the layer's dispatch), squared log-sum-exp of the logits.
+:func:`collect_aux_losses` then computes every layer's weighted losses, sums them per
+kind over the layers and clears the state.
 Call it once per training forward pass (after the forwards of all tasks of the step in
 the Mod-Squad batch form); the accumulated tensors hold the autograd graph until then.
 
 Losses (per layer, then summed over layers):
 
 - mutual information (Mod-Squad), with P(t, e) the joint of task and expert:
-  ``L_MI = -sum_{t,e} P(t,e) log(P(t,e) / (P(t) P(e)))``.
+  ``L_MI = -sum_{t,e} P(t,e) log(P(t,e) / (P(t) P(e)))``; as in the authors' code,
+  ``eps`` is added to every router probability, to the token counts that normalise
+  P(t, e), to P(t) and P(e) and inside the log.
   ``mi_form='batch'``: P(t, e) = router probability mass of the tokens of task t on
   expert e / all tokens since the last collection (all tasks in one step).
   ``mi_form='heterogeneous'``: one task per iteration; P(t, e) = p(e | t) / T with
@@ -21,60 +24,27 @@ Losses (per layer, then summed over layers):
   then), an exponential moving average with ``momentum`` afterwards.
 - switch load balancing: ``E * sum_e f_e P_e``, f_e the share of routed slots and P_e
   the share of probability mass of expert e (pooled over tasks).
-- router z-loss: mean over tokens of ``logsumexp(logits) ** 2``.
+- router z-loss: mean over tokens of ``log(sum_e exp(logits) + eps) ** 2``.
 """
-from dataclasses import dataclass
+import math
 from typing import Dict
 
 import torch
 import torch.nn as nn
 
+from .config import MoEAuxLossConfig
 from .router import RouterOutput
 
-MI_FORMS = ('batch', 'heterogeneous')
 TINY = 1e-12
 
 
-@dataclass
-class MoEAuxLossConfig:
-    """Weights (per layer; 0 turns a loss off) and options of the auxiliary losses.
-
-    Args:
-        mi_weight (float): Mutual-information loss. Mod-Squad: 0.005 (batch form);
-            about 0.0005 for the heterogeneous form.
-        mi_form (str): ``'heterogeneous'`` (one task per iteration) or ``'batch'``.
-        momentum (float): Running-average momentum of the heterogeneous form.
-        warmup_iters (int): Heterogeneous form: collections that only fill the running
-            average (cumulative mean, loss 0) before the loss starts.
-        switch_weight (float): Switch-Transformer load-balancing loss.
-        z_weight (float): Router z-loss.
-    """
-    mi_weight: float = 0.
-    mi_form: str = 'heterogeneous'
-    momentum: float = 0.99
-    warmup_iters: int = 100
-    switch_weight: float = 0.
-    z_weight: float = 0.
-
-    def __post_init__(self):
-        if self.mi_form not in MI_FORMS:
-            raise ValueError(f'mi_form must be one of {MI_FORMS}, got {self.mi_form!r}.')
-        if not 0. <= self.momentum < 1.:
-            raise ValueError(f'momentum must be in [0, 1), got {self.momentum}.')
-        if self.warmup_iters < 0:
-            raise ValueError(f'warmup_iters must be >= 0, got {self.warmup_iters}.')
-
-    @property
-    def enabled(self) -> bool:
-        return self.mi_weight > 0 or self.switch_weight > 0 or self.z_weight > 0
-
-
-def mutual_information_loss(joint: torch.Tensor) -> torch.Tensor:
-    """``-sum P(t,e) log(P(t,e) / (P(t) P(e)))`` of a joint (T, E); zero rows add 0."""
-    p_task = joint.sum(dim=1, keepdim=True)
-    p_expert = joint.sum(dim=0, keepdim=True)
-    ratio = joint.clamp_min(TINY) / (p_task * p_expert).clamp_min(TINY)
-    return -(joint * ratio.log()).sum()
+def mutual_information_loss(joint: torch.Tensor, eps: float = 0.) -> torch.Tensor:
+    """``-sum P(t,e) log(P(t,e) / (P(t) P(e)) + eps)`` of a joint (T, E), with
+    ``eps`` also added to the marginals P(t) and P(e); zero rows add 0."""
+    p_task = joint.sum(dim=1, keepdim=True) + eps
+    p_expert = joint.sum(dim=0, keepdim=True) + eps
+    ratio = joint / (p_task * p_expert).clamp_min(TINY) + eps
+    return -(joint * ratio.clamp_min(TINY).log()).sum()
 
 
 def switch_loss(counts: torch.Tensor, prob_mass: torch.Tensor) -> torch.Tensor:
@@ -116,26 +86,29 @@ class RouterAuxLoss(nn.Module):
         self._z_sum = 0
         self._z_tokens = 0
 
-    def update(self, task_index: int, route: RouterOutput, record: bool = True) -> None:
-        """Accumulate the routing of N tokens of task ``task_index``.
+    def update(self, task_index: int, route: RouterOutput, counts: torch.Tensor,
+               record: bool = True) -> None:
+        """Accumulate the routing of N tokens of task ``task_index``; ``counts`` (E,)
+        are its slots per expert (:attr:`~.dispatch.TokenDispatch.counts`).
 
         ``record=False`` builds the same graph but keeps nothing: activation
         checkpointing's recomputation must save the same tensors as the forward.
         """
         cfg = self.cfg
-        prob_mass = route.probs.sum(dim=0)
+        num_tokens = route.probs.shape[0]
+        prob_mass = route.probs.sum(dim=0) + cfg.eps * num_tokens
         if cfg.z_weight > 0:
-            z_sum = route.logits.logsumexp(dim=-1).square().sum()
+            lse = route.logits.logsumexp(dim=-1)
+            if cfg.eps > 0:  # log(sum_e exp(logit_e) + eps), overflow-free
+                lse = torch.logaddexp(lse, lse.new_tensor(math.log(cfg.eps)))
+            z_sum = lse.square().sum()
         if not record:
             return
-        num_tokens = route.probs.shape[0]
         self._tokens[task_index] = self._tokens.get(task_index, 0) + num_tokens
         if cfg.mi_weight > 0 or cfg.switch_weight > 0:
             self._prob_mass[task_index] = self._prob_mass.get(task_index, 0) + prob_mass
         if cfg.switch_weight > 0:
-            flat = route.indices.reshape(-1)
-            self._counts = self._counts + torch.zeros_like(
-                prob_mass, dtype=torch.long).scatter_add_(0, flat, torch.ones_like(flat))
+            self._counts = self._counts + counts
         if cfg.z_weight > 0:
             self._z_sum = self._z_sum + z_sum
             self._z_tokens += num_tokens
@@ -161,14 +134,16 @@ class RouterAuxLoss(nn.Module):
     def _batch_mi(self) -> torch.Tensor:
         tasks = sorted(self._prob_mass)
         joint = torch.stack([self._prob_mass[t] for t in tasks])
-        return mutual_information_loss(joint / sum(self._tokens.values()))
+        return mutual_information_loss(
+            joint / (sum(self._tokens.values()) + self.cfg.eps), self.cfg.eps)
 
     def _heterogeneous_mi(self) -> torch.Tensor:
         running = self.mi_running
         rows = list(running.unbind(0))
         in_warmup = self.mi_iter < self.cfg.warmup_iters
         for t, mass in self._prob_mass.items():
-            rows[t] = mass / self._tokens[t]  # batch estimate of p(e | t), with grad
+            # batch estimate of p(e | t), with grad
+            rows[t] = mass / (self._tokens[t] + self.cfg.eps)
             with torch.no_grad():
                 n = self.mi_row_updates[t].to(running.dtype)
                 momentum = torch.where(in_warmup, n / (n + 1),
@@ -176,7 +151,7 @@ class RouterAuxLoss(nn.Module):
                 running[t] = momentum * running[t] + (1 - momentum) * rows[t]
                 self.mi_row_updates[t] += 1
         self.mi_iter += 1
-        mi = mutual_information_loss(torch.stack(rows) / self.num_tasks)
+        mi = mutual_information_loss(torch.stack(rows) / self.num_tasks, self.cfg.eps)
         return mi * (~in_warmup).to(mi.dtype)
 
 

@@ -12,9 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .dispatch import TokenDispatch
+from .config import RouterConfig
 from .experts import INIT_STD, grouped_linear
-from .losses import MoEAuxLossConfig
 from .routed_layer import RoutedLayer
 
 
@@ -34,11 +33,8 @@ class MoAttention(RoutedLayer):
         qkv_bias (bool): Biases of the query and key/value projections.
         attn_drop (float): Dropout on the attention weights.
         proj_drop (float): Dropout on the output.
-        router_hidden, noisy_gating, renormalize, zero_init_router, aux_cfg: See
-            :class:`~.routed_layer.RoutedLayer`.
-
-    Attribute ``impl`` (``'auto'``, ``'loop'`` or ``'grouped_mm'``) picks the path of
-    the per-expert projections, see :func:`~.experts.grouped_linear`.
+        router_cfg (RouterConfig, optional): See :class:`~.routed_layer.RoutedLayer`;
+            its ``impl`` picks the path of the per-expert projections.
     """
 
     def __init__(self,
@@ -50,13 +46,8 @@ class MoAttention(RoutedLayer):
                  qkv_bias: bool = True,
                  attn_drop: float = 0.,
                  proj_drop: float = 0.,
-                 router_hidden: Optional[int] = None,
-                 noisy_gating: bool = False,
-                 renormalize: bool = False,
-                 zero_init_router: bool = True,
-                 aux_cfg: Optional[MoEAuxLossConfig] = None):
-        super().__init__(embed_dims, num_experts, top_k, task_names, router_hidden,
-                         noisy_gating, renormalize, zero_init_router, aux_cfg)
+                 router_cfg: Optional[RouterConfig] = None):
+        super().__init__(embed_dims, num_experts, top_k, task_names, router_cfg)
         self.embed_dims = embed_dims
         self.head_dims = head_dims
         self.q_proj = nn.Parameter(torch.empty(num_experts, embed_dims, head_dims))
@@ -69,7 +60,6 @@ class MoAttention(RoutedLayer):
         self.o_bias = nn.Parameter(torch.empty(embed_dims))
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
-        self.impl = 'auto'
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -84,11 +74,11 @@ class MoAttention(RoutedLayer):
         """x: (B, N, C) tokens of ``task`` -> (B, N, C)."""
         B, N, C = x.shape
         tokens = x.reshape(B * N, C)
-        route = self.route(tokens, task)
-        dispatch = TokenDispatch(route.indices, self.num_experts)
+        route, dispatch = self.route(tokens, task)
+        impl = self.router_cfg.impl
         # queries of the (token, head) slots: (B*N*k, hd)
         q = grouped_linear(dispatch.gather(tokens), self.q_proj, self.q_bias, dispatch,
-                           self.impl)
+                           impl)
         q = dispatch.scatter_slots(q)
         k, v = self.kv_proj(x).unsqueeze(1).chunk(2, dim=-1)  # (B, 1, N, hd) each
         # The shared key/value make the k heads of all N tokens one multi-query head
@@ -99,10 +89,10 @@ class MoAttention(RoutedLayer):
         o = dispatch.gather_slots(o.reshape(B * N * self.top_k, self.head_dims))
         # gate before the (linear) output projection: scales hd, not C, values a slot
         gates = dispatch.gather_slots(route.gates.reshape(-1, 1)).to(o.dtype)
-        y = grouped_linear(o * gates, self.o_proj, None, dispatch, self.impl)
+        y = grouped_linear(o * gates, self.o_proj, None, dispatch, impl)
         y = dispatch.sum_tokens(y) + self.o_bias.to(y.dtype)
         return self.proj_drop(y).view(B, N, C)
 
     def extra_repr(self) -> str:
         return (f'embed_dims={self.embed_dims}, head_dims={self.head_dims}, '
-                f'impl={self.impl!r}')
+                f'impl={self.router_cfg.impl!r}')

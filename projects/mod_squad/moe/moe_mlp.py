@@ -4,9 +4,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .dispatch import TokenDispatch
+from .config import RouterConfig
 from .experts import GroupedExperts
-from .losses import MoEAuxLossConfig
 from .routed_layer import RoutedLayer
 
 
@@ -26,8 +25,7 @@ class MoEMLP(RoutedLayer):
         task_names (Sequence[str]): Tasks with their own router.
         act_layer (type): Expert activation. Defaults to ``nn.GELU``.
         drop (float): Dropout after the activation and on the output.
-        router_hidden, noisy_gating, renormalize, zero_init_router, aux_cfg: See
-            :class:`~.routed_layer.RoutedLayer`.
+        router_cfg (RouterConfig, optional): See :class:`~.routed_layer.RoutedLayer`.
     """
 
     def __init__(self,
@@ -38,13 +36,8 @@ class MoEMLP(RoutedLayer):
                  task_names: Sequence[str],
                  act_layer: type = nn.GELU,
                  drop: float = 0.,
-                 router_hidden: Optional[int] = None,
-                 noisy_gating: bool = False,
-                 renormalize: bool = False,
-                 zero_init_router: bool = True,
-                 aux_cfg: Optional[MoEAuxLossConfig] = None):
-        super().__init__(embed_dims, num_experts, top_k, task_names, router_hidden,
-                         noisy_gating, renormalize, zero_init_router, aux_cfg)
+                 router_cfg: Optional[RouterConfig] = None):
+        super().__init__(embed_dims, num_experts, top_k, task_names, router_cfg)
         self.embed_dims = embed_dims
         self.experts = GroupedExperts(
             num_experts, embed_dims, hidden_features, act_layer=act_layer, drop=drop)
@@ -53,7 +46,6 @@ class MoEMLP(RoutedLayer):
     def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:
         """x: (..., C) tokens of ``task`` -> (..., C)."""
         tokens = x.reshape(-1, self.embed_dims)
-        route = self.route(tokens, task)
-        dispatch = TokenDispatch(route.indices, self.num_experts)
-        y = self.experts(dispatch.gather(tokens), dispatch)
+        route, dispatch = self.route(tokens, task)
+        y = self.experts(dispatch.gather(tokens), dispatch, self.router_cfg.impl)
         return self.drop(dispatch.combine(y, route.gates)).view(x.shape)

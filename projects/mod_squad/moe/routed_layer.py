@@ -1,10 +1,12 @@
 """Base of the task-routed layers: router, usage statistics and auxiliary losses."""
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-from .losses import MoEAuxLossConfig, RouterAuxLoss
+from .config import RouterConfig
+from .dispatch import TokenDispatch
+from .losses import RouterAuxLoss
 from .router import RouterOutput, TaskRouter
 from .stats import ExpertUsage
 
@@ -18,18 +20,16 @@ def _in_backward() -> bool:
 
 class RoutedLayer(nn.Module):
     """Owns ``router`` (:class:`TaskRouter`), ``usage`` (:class:`ExpertUsage`) and,
-    with an enabled ``aux_cfg``, ``aux_loss`` (:class:`RouterAuxLoss`; else None).
+    with enabled auxiliary losses, ``aux_loss`` (:class:`RouterAuxLoss`; else None).
 
     Args:
         in_features (int): Token width C seen by the router.
         num_experts (int): E.
         top_k (int): Experts per token.
         task_names (Sequence[str]): Tasks with their own router.
-        router_hidden (int, optional): Hidden width of MLP routers; None: linear.
-        noisy_gating (bool): Noisy top-k gating in training.
-        renormalize (bool): Gates renormalised over the top-k.
-        zero_init_router (bool): Zero-initialised routers.
-        aux_cfg (MoEAuxLossConfig, optional): Auxiliary losses of this layer.
+        router_cfg (RouterConfig, optional): Router, auxiliary losses and expert
+            path (``impl``), kept as :attr:`router_cfg`. Defaults to
+            ``RouterConfig()``.
     """
 
     def __init__(self,
@@ -37,24 +37,14 @@ class RoutedLayer(nn.Module):
                  num_experts: int,
                  top_k: int,
                  task_names: Sequence[str],
-                 router_hidden: Optional[int] = None,
-                 noisy_gating: bool = False,
-                 renormalize: bool = False,
-                 zero_init_router: bool = True,
-                 aux_cfg: Optional[MoEAuxLossConfig] = None):
+                 router_cfg: Optional[RouterConfig] = None):
         super().__init__()
-        self.router = TaskRouter(
-            in_features,
-            num_experts,
-            top_k,
-            task_names,
-            hidden_features=router_hidden,
-            noisy_gating=noisy_gating,
-            renormalize=renormalize,
-            zero_init=zero_init_router)
+        self.router_cfg = router_cfg = router_cfg or RouterConfig()
+        self.router = TaskRouter(in_features, num_experts, top_k, task_names, router_cfg)
         self.usage = ExpertUsage(len(task_names), num_experts)
+        aux_cfg = router_cfg.aux_loss
         self.aux_loss = RouterAuxLoss(aux_cfg, len(task_names), num_experts) if (
-            aux_cfg is not None and aux_cfg.enabled) else None
+            aux_cfg.enabled) else None
 
     @property
     def task_names(self) -> tuple:
@@ -68,14 +58,16 @@ class RoutedLayer(nn.Module):
     def top_k(self) -> int:
         return self.router.top_k
 
-    def route(self, x: torch.Tensor, task: str) -> RouterOutput:
-        """Route (N, C) tokens of ``task``; record usage and, when training with grad,
-        the auxiliary-loss inputs."""
+    def route(self, x: torch.Tensor, task: str) -> Tuple[RouterOutput, TokenDispatch]:
+        """Route (N, C) tokens of ``task`` and sort them by expert; record usage and,
+        when training with grad, the auxiliary-loss inputs, both from the
+        dispatch's per-expert counts."""
         route = self.router(x, task)
+        dispatch = TokenDispatch(route.indices, self.num_experts)
         t = self.router.task_index(task)
         recomputing = _in_backward()
         if not recomputing:
-            self.usage.update(t, route)
+            self.usage.update(t, route, dispatch.counts)
         if self.aux_loss is not None and self.training and torch.is_grad_enabled():
-            self.aux_loss.update(t, route, record=not recomputing)
-        return route
+            self.aux_loss.update(t, route, dispatch.counts, record=not recomputing)
+        return route, dispatch

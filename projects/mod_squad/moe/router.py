@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-GATE_EPS = 1e-4  # added to the chosen probabilities, as in the authors' code
+from .config import RouterConfig
+
 NOISE_EPS = 1e-2  # floor of the noise std of noisy gating (Shazeer et al., 2017)
 INIT_STD = 0.02
 
@@ -24,8 +25,8 @@ class RouterOutput(NamedTuple):
     Attributes:
         probs: (N, E) softmax over the experts.
         indices: (N, k) chosen experts, most probable first; ties go to the lower index.
-        gates: (N, k) weights of the chosen experts: their probabilities + ``GATE_EPS``,
-            or renormalised to sum to 1 over the k.
+        gates: (N, k) weights of the chosen experts: their probabilities +
+            ``RouterConfig.eps``, or renormalised to sum to 1 over the k.
         logits: (N, E) scores before the softmax (noisy in training with noisy gating).
     """
     probs: torch.Tensor
@@ -47,22 +48,18 @@ def check_task_names(task_names: Sequence[str]) -> Tuple[str, ...]:
 class TaskRouter(nn.Module):
     """Per-task top-k router, linear or a 2-layer MLP (``C -> hidden -> E``, ReLU).
 
-    Parameter dicts keyed by task, D = ``hidden_features or in_features``: ``weight``
-    (D, E), ``bias`` (E,); with ``hidden_features``, ``hidden_weight`` (C, D) and
-    ``hidden_bias`` (D,); with noisy gating, ``noise_weight`` (D, E).
+    Parameter dicts keyed by task, D = ``cfg.hidden or in_features``: ``weight``
+    (D, E) and, with ``cfg.bias``, ``bias`` (E,); with ``cfg.hidden``,
+    ``hidden_weight`` (C, D) (and ``hidden_bias`` (D,)); with noisy gating,
+    ``noise_weight`` (D, E).
 
     Args:
         in_features (int): Token width C.
         num_experts (int): Experts E to choose from.
         top_k (int): Experts k per token.
         task_names (Sequence[str]): One router per task, in this order.
-        hidden_features (int, optional): Hidden width of an MLP router; None for linear.
-        noisy_gating (bool): In training, add Gaussian noise of learned std
-            (``softplus(h @ noise_weight) + 1e-2``) to the logits.
-        renormalize (bool): Gates renormalised over the top-k instead of the
-            probabilities + 1e-4 (Mod-Squad).
-        zero_init (bool): Zero output layer (all experts equally likely at start, as in
-            Mod-Squad); else truncated normal, std 0.02.
+        cfg (RouterConfig, optional): Hidden width, noisy gating, gates, init, bias
+            and gate epsilon. Defaults to ``RouterConfig()``.
     """
 
     def __init__(self,
@@ -70,10 +67,7 @@ class TaskRouter(nn.Module):
                  num_experts: int,
                  top_k: int,
                  task_names: Sequence[str],
-                 hidden_features: Optional[int] = None,
-                 noisy_gating: bool = False,
-                 renormalize: bool = False,
-                 zero_init: bool = True):
+                 cfg: Optional[RouterConfig] = None):
         super().__init__()
         if not 0 < top_k <= num_experts:
             raise ValueError(f'top_k must be in [1, num_experts={num_experts}], '
@@ -83,39 +77,39 @@ class TaskRouter(nn.Module):
             name: i for i, name in enumerate(self.task_names)}
         self.num_experts = num_experts
         self.top_k = top_k
-        self.renormalize = renormalize
-        self.zero_init = zero_init
-        dims = hidden_features or in_features
+        self.cfg = cfg = cfg or RouterConfig()
+        dims = cfg.hidden or in_features
 
-        def per_task(*shape: int) -> nn.ParameterDict:
+        def per_task(*shape: int, when: bool = True) -> Optional[nn.ParameterDict]:
+            if not when:
+                return None
             return nn.ParameterDict(
                 {t: nn.Parameter(torch.empty(*shape)) for t in self.task_names})
 
-        self.hidden_weight = per_task(in_features, dims) if hidden_features else None
-        self.hidden_bias = per_task(dims) if hidden_features else None
+        hidden = cfg.hidden is not None
+        self.hidden_weight = per_task(in_features, dims, when=hidden)
+        self.hidden_bias = per_task(dims, when=hidden and cfg.bias)
         self.weight = per_task(dims, num_experts)
-        self.bias = per_task(num_experts)
-        self.noise_weight = per_task(dims, num_experts) if noisy_gating else None
+        self.bias = per_task(num_experts, when=cfg.bias)
+        self.noise_weight = per_task(dims, num_experts, when=cfg.noisy_gating)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Hidden layer: truncated normal; output (and noise) layer: zeros or normal."""
+        """Hidden layer: truncated normal; output (and noise) layer: zeros or
+        truncated normal (``cfg.init``); biases: zeros."""
         for task in self.task_names:
             if self.hidden_weight is not None:
                 nn.init.trunc_normal_(self.hidden_weight[task], std=INIT_STD)
-                nn.init.zeros_(self.hidden_bias[task])
             for weights in (self.weight, self.noise_weight):
                 if weights is None:
                     continue
-                if self.zero_init:
+                if self.cfg.init == 'zeros':
                     nn.init.zeros_(weights[task])
                 else:
                     nn.init.trunc_normal_(weights[task], std=INIT_STD)
-            nn.init.zeros_(self.bias[task])
-
-    @property
-    def noisy_gating(self) -> bool:
-        return self.noise_weight is not None
+            for biases in (self.hidden_bias, self.bias):
+                if biases is not None:
+                    nn.init.zeros_(biases[task])
 
     def task_index(self, task: str) -> int:
         """Position of ``task`` in :attr:`task_names` (its row in per-task statistics)."""
@@ -133,9 +127,8 @@ class TaskRouter(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             h = x.float()
             if self.hidden_weight is not None:
-                h = F.relu(torch.addmm(self.hidden_bias[task].float(), h,
-                                       self.hidden_weight[task].float()))
-            logits = torch.addmm(self.bias[task].float(), h, self.weight[task].float())
+                h = F.relu(_linear(h, self.hidden_weight, self.hidden_bias, task))
+            logits = _linear(h, self.weight, self.bias, task)
             if self.noise_weight is not None and self.training:
                 noise_std = F.softplus(h @ self.noise_weight[task].float()) + NOISE_EPS
                 logits = logits + torch.randn_like(logits) * noise_std
@@ -144,13 +137,23 @@ class TaskRouter(nn.Module):
             # after zero initialisation, deterministically go to the lower index.
             top_probs, indices = probs.sort(dim=-1, descending=True, stable=True)
             top_probs, indices = top_probs[:, :self.top_k], indices[:, :self.top_k]
-            if self.renormalize:
+            if self.cfg.renormalize:
                 gates = top_probs / top_probs.sum(dim=-1, keepdim=True)
             else:
-                gates = top_probs + GATE_EPS
+                gates = top_probs + self.cfg.eps
         return RouterOutput(probs, indices, gates, logits)
 
     def extra_repr(self) -> str:
+        cfg = self.cfg
         return (f'tasks={list(self.task_names)}, num_experts={self.num_experts}, '
-                f'top_k={self.top_k}, hidden={self.hidden_weight is not None}, '
-                f'noisy_gating={self.noisy_gating}, renormalize={self.renormalize}')
+                f'top_k={self.top_k}, hidden={cfg.hidden}, bias={cfg.bias}, '
+                f'noisy_gating={cfg.noisy_gating}, renormalize={cfg.renormalize}, '
+                f'init={cfg.init!r}')
+
+
+def _linear(x: torch.Tensor, weights: nn.ParameterDict,
+            biases: Optional[nn.ParameterDict], task: str) -> torch.Tensor:
+    """fp32 ``x @ weights[task] (+ biases[task])``: (N, D_in) -> (N, D_out)."""
+    if biases is None:
+        return x @ weights[task].float()
+    return torch.addmm(biases[task].float(), x, weights[task].float())

@@ -49,10 +49,11 @@ class ExpertUsage(nn.Module):
             'tokens', torch.zeros(num_tasks, dtype=torch.long), persistent=False)
 
     @torch.no_grad()
-    def update(self, task_index: int, route: RouterOutput) -> None:
-        """Add the routing of N tokens of task ``task_index``."""
-        flat = route.indices.reshape(-1)
-        self.counts[task_index].scatter_add_(0, flat, torch.ones_like(flat))
+    def update(self, task_index: int, route: RouterOutput,
+               counts: torch.Tensor) -> None:
+        """Add the routing of N tokens of task ``task_index``; ``counts`` (E,) are its
+        slots per expert (:attr:`~.dispatch.TokenDispatch.counts`)."""
+        self.counts[task_index] += counts
         self.prob_mass[task_index] += route.probs.sum(dim=0).to(torch.float64)
         self.tokens[task_index] += route.probs.shape[0]
 

@@ -9,7 +9,7 @@ from mmcv.cnn.bricks.transformer import FFN
 from mmengine.model import BaseModule
 from mmpretrain.models.utils import MultiheadAttention
 
-from mod_squad.moe import MoAttention, MoEMLP
+from mod_squad.moe import MoAttention, MoEMLP, RouterConfig
 
 
 def window_partition(x: torch.Tensor, hw: Tuple[int, int],
@@ -56,15 +56,16 @@ class ModSquadBlock(BaseModule):
 
     Args:
         embed_dims (int): Token width C.
-        num_heads (int): Heads of the dense attention (also sets the MoA head size).
+        num_heads (int): Heads of the dense attention.
         feedforward_channels (int): Hidden width of the dense MLP.
         task_names (Sequence[str]): Tasks with their own routers.
-        moa (dict, optional): ``num_experts`` and ``top_k`` of a mixture of attention
-            heads replacing the dense attention. Defaults to None (dense).
+        moa (dict, optional): ``num_experts``, ``top_k`` and ``head_dims`` of a
+            mixture of attention heads replacing the dense attention. Defaults to None
+            (dense).
         moe_mlp (dict, optional): ``num_experts``, ``top_k`` and ``hidden_features`` of
             a mixture-of-experts MLP replacing the dense MLP. Defaults to None (dense).
-        router (dict): Router options shared by both mixtures (``router_hidden``,
-            ``noisy_gating``, ``renormalize``, ``zero_init_router``, ``aux_cfg``).
+        router_cfg (RouterConfig, optional): Routers, auxiliary losses and expert path
+            of both mixtures, passed to them unchanged.
         window_size (int): Attention inside windows of this side over the patch
             tokens; 0 means global attention. Defaults to 0.
     """
@@ -76,7 +77,7 @@ class ModSquadBlock(BaseModule):
                  task_names: Sequence[str],
                  moa: Optional[dict] = None,
                  moe_mlp: Optional[dict] = None,
-                 router: Optional[dict] = None,
+                 router_cfg: Optional[RouterConfig] = None,
                  window_size: int = 0,
                  drop_rate: float = 0.,
                  attn_drop_rate: float = 0.,
@@ -85,19 +86,17 @@ class ModSquadBlock(BaseModule):
                  norm_cfg: dict = dict(type='LN', eps=1e-6),
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
-        router = router or {}
         self.window_size = window_size
         self.ln1 = build_norm_layer(norm_cfg, embed_dims)[1]
         if moa is not None:
             self.attn = MoAttention(
                 embed_dims,
-                head_dims=embed_dims // num_heads,
                 task_names=task_names,
                 qkv_bias=qkv_bias,
                 attn_drop=attn_drop_rate,
                 proj_drop=drop_rate,
-                **moa,
-                **router)
+                router_cfg=router_cfg,
+                **moa)
         else:
             self.attn = MultiheadAttention(
                 embed_dims,
@@ -108,8 +107,8 @@ class ModSquadBlock(BaseModule):
         self.ln2 = build_norm_layer(norm_cfg, embed_dims)[1]
         if moe_mlp is not None:
             self.ffn = MoEMLP(
-                embed_dims, task_names=task_names, drop=drop_rate, **moe_mlp,
-                **router)
+                embed_dims, task_names=task_names, drop=drop_rate,
+                router_cfg=router_cfg, **moe_mlp)
         else:
             self.ffn = FFN(
                 embed_dims=embed_dims,

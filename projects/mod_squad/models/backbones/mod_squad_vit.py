@@ -1,5 +1,6 @@
 """ModSquadViT: a vision transformer whose blocks are task-routed mixtures of experts."""
 import math
+import warnings
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -13,11 +14,11 @@ from mmengine.model.weight_init import trunc_normal_
 from mmengine.runner.checkpoint import CheckpointLoader
 from mmpretrain.models.utils import resize_pos_embed
 
-from mod_squad.moe import MoEAuxLossConfig, check_task_names
+from mod_squad.moe import RouterConfig, check_task_names
 from mod_squad.registry import register_model
 from .mod_squad_block import ModSquadBlock
-from .vit_checkpoint import convert_to_mod_squad
-from .vit_outputs import add_output_modules, check_out_type, format_outputs
+from .vit_checkpoint import check_state_dict, convert_to_mod_squad
+from .vit_outputs import ViTOutputs
 
 
 @register_model()
@@ -42,8 +43,18 @@ class ModSquadViT(BaseModule):
         out_indices (int | Sequence[int]): Blocks whose output is returned.
         out_type (str): ``'cls_token'`` (B, C) or ``'avg_featmap'`` (B, C) for
             classification heads, ``'featmap'`` (B, C, H/16, W/16) for an external
-            neck, ``'pyramid'`` for strides 4/8/16/32 (B, C, H/s, W/s) from the
-            built-in :class:`SimplePyramid`, ``'raw'`` (B, N, C).
+            neck, ``'featmap_cls_token'`` [(B, C, H/16, W/16), (B, C)] for mmseg's
+            ``DPTHead``, ``'pyramid'`` for strides 4/8/16/32 (B, C, H/s, W/s) from
+            the built-in :class:`SimplePyramid`, ``'raw'`` (B, N, C). Shaped by
+            :attr:`outputs` (:class:`ViTOutputs`); the README's table says which
+            neck or head takes which.
+        frozen_stages (int): As mmpretrain's ``VisionTransformer``: for n > 0 the
+            stem (patch and position embeddings, cls token, and the task
+            embeddings, which get the stem's depth in :meth:`get_layer_depth` too)
+            and the first n blocks with all their routers stop getting gradients
+            and stay in eval mode (no dropout, drop path, noisy gating or auxiliary
+            losses); n = ``num_layers`` also freezes the final norm and the
+            ``'avg_featmap'`` norm. -1 (default) or 0 freeze nothing.
         moe_layers (str | dict): Which blocks hold mixtures: ``'alternate'`` (MoA on
             even blocks, MoE MLP on odd, as Mod-Squad), ``'mlp'`` (MoE MLP in every
             block), ``'none'``, or ``dict(moa=[...], mlp=[...])``.
@@ -53,18 +64,27 @@ class ModSquadViT(BaseModule):
             (default: ``feedforward_channels // top_k``, so k experts cost one MLP).
         num_attn_experts (int, optional): Head experts per MoA (default: 2 x heads).
         attn_top_k (int, optional): Heads per token in an MoA (default: heads).
-        router_hidden (int, optional): Hidden width of 2-layer MLP routers; None for
-            linear routers.
-        noisy_gating (bool): Noisy top-k gating during training.
-        renormalize_gates (bool): Renormalise the gates over the chosen experts.
-        zero_init_router (bool): Zero-initialised routers (Mod-Squad default).
-        task_embed (bool): A learned per-task embedding added before each block.
-        aux_loss_cfg (dict, optional): :class:`mod_squad.moe.MoEAuxLossConfig`
-            fields (mutual-information loss form and weight, switch and z losses).
+        attn_head_dims (int, optional): Width of a MoA head expert (default: C / heads;
+            the authors' ViT-B: 2 x C / heads = 128).
+        router_cfg (dict, optional): :class:`mod_squad.moe.RouterConfig` fields, built
+            once and shared by every routed layer (kept as :attr:`router_cfg`):
+            ``hidden``, ``noisy_gating``, ``renormalize``, ``init`` (``'zeros'``
+            default, or ``'trunc_normal'``), ``bias``, ``eps``, ``impl`` and
+            ``aux_loss`` (:class:`mod_squad.moe.MoEAuxLossConfig` fields: mutual
+            information loss form and weight, switch and z losses, ``eps``).
+        task_embed (bool | dict): A learned embedding per task added to the tokens
+            before every block. True (default) means ``dict(per_block=True,
+            init_std=0.)``: one vector per block (``task_embed.<task>`` (L, C)),
+            zero-initialised; ``per_block=False`` gives one (C,) vector shared by all
+            blocks, and ``init_std`` > 0 a normal initialisation (the authors: shared,
+            std 1). False for none.
         window_size (int): Window attention in all blocks but ``global_attn_indexes``
             (ViTDet); 0 for global attention everywhere. Needs ``with_cls_token=False``.
         pyramid_scales (Sequence[float]): Scales of the ``'pyramid'`` output.
         with_cp (bool): Non-reentrant activation checkpointing of every block.
+        pretrained (str, optional): Checkpoint path, as mmseg's backbones take it
+            (its ``EncoderDecoder`` passes ``model.pretrained`` on): the same as
+            ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)``.
     """
     arch_zoo = {
         'tiny': dict(embed_dims=192, num_layers=12, num_heads=3,
@@ -80,6 +100,28 @@ class ModSquadViT(BaseModule):
         dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.),
         dict(type='Kaiming', layer='Conv2d', mode='fan_in', nonlinearity='linear'),
     ]
+    # Published settings as data: ``ModSquadViT(**ModSquadViT.presets[name],
+    # task_names=...)``, or the same keys in a config's backbone dict.
+    presets = {
+        # The authors' Mod-Squad ViT-B (``mtvit_taskgate_att_mlp_base_MI_twice`` in
+        # their code): 24 head experts of width 128, top-12, on even blocks; 16 MLP
+        # experts (hidden 768), top-4, on odd blocks; linear routers without bias
+        # that start truncated-normal; one task embedding shared by the blocks
+        # (std 1); batch-form MI loss 0.005 per layer.
+        'mod-squad-b': dict(
+            arch='base',
+            moe_layers='alternate',
+            num_experts=16,
+            top_k=4,
+            num_attn_experts=24,
+            attn_top_k=12,
+            attn_head_dims=128,
+            task_embed=dict(per_block=False, init_std=1.),
+            router_cfg=dict(
+                init='trunc_normal',
+                bias=False,
+                aux_loss=dict(mi_weight=0.005, mi_form='batch'))),
+    }
 
     def __init__(self,
                  arch: Union[str, dict] = 'base',
@@ -91,18 +133,16 @@ class ModSquadViT(BaseModule):
                  out_type: str = 'cls_token',
                  with_cls_token: bool = True,
                  final_norm: bool = True,
+                 frozen_stages: int = -1,
                  moe_layers: Union[str, dict] = 'alternate',
                  num_experts: int = 16,
                  top_k: int = 4,
                  expert_hidden: Optional[int] = None,
                  num_attn_experts: Optional[int] = None,
                  attn_top_k: Optional[int] = None,
-                 router_hidden: Optional[int] = None,
-                 noisy_gating: bool = False,
-                 renormalize_gates: bool = False,
-                 zero_init_router: bool = True,
-                 task_embed: bool = True,
-                 aux_loss_cfg: Optional[dict] = None,
+                 attn_head_dims: Optional[int] = None,
+                 router_cfg: Optional[dict] = None,
+                 task_embed: Union[bool, dict] = True,
                  drop_rate: float = 0.,
                  attn_drop_rate: float = 0.,
                  drop_path_rate: float = 0.,
@@ -113,7 +153,9 @@ class ModSquadViT(BaseModule):
                  with_cp: bool = False,
                  interpolate_mode: str = 'bicubic',
                  norm_cfg: dict = dict(type='LN', eps=1e-6),
+                 pretrained: Optional[str] = None,
                  init_cfg: Optional[dict] = None):
+        init_cfg = self._pretrained_init_cfg(pretrained, init_cfg)
         super().__init__(init_cfg=init_cfg or self.DEFAULT_INIT_CFG)
         self.arch_settings = self._arch_settings(arch)
         embed_dims = self.embed_dims = self.arch_settings['embed_dims']
@@ -123,8 +165,6 @@ class ModSquadViT(BaseModule):
 
         self.task_names = check_task_names(task_names)
         self._task = self.task_names[0]
-        check_out_type(out_type, with_cls_token)
-        self.out_type = out_type
         if window_size > 0 and with_cls_token:
             raise ValueError('Window attention works on the patch grid only: set '
                              'with_cls_token=False with window_size > 0.')
@@ -145,33 +185,19 @@ class ModSquadViT(BaseModule):
             torch.zeros(1, self.num_extra_tokens + math.prod(self.patch_resolution),
                         embed_dims))
         self.drop_after_pos = nn.Dropout(p=drop_rate)
-        # One (L, C) embedding per task, by name: absent tasks get no gradient.
-        self.task_embed = nn.ParameterDict({
-            task: nn.Parameter(torch.zeros(num_layers, embed_dims))
-            for task in task_names
-        }) if task_embed else None
-
-        if isinstance(out_indices, int):
-            out_indices = [out_indices]
-        self.out_indices = [i % num_layers for i in out_indices]
-        if any(not -num_layers <= i < num_layers for i in out_indices):
-            raise ValueError(f'out_indices {list(out_indices)} out of range for '
-                             f'{num_layers} layers.')
+        # One embedding per task, by name: absent tasks get no gradient.
+        self.task_embed = self._build_task_embed(task_embed, num_layers, embed_dims)
 
         moa_layers, mlp_layers = self._moe_layout(moe_layers, num_layers)
         moa = dict(
             num_experts=num_attn_experts or 2 * num_heads,
-            top_k=attn_top_k or num_heads)
+            top_k=attn_top_k or num_heads,
+            head_dims=attn_head_dims or embed_dims // num_heads)
         moe_mlp = dict(
             num_experts=num_experts,
             top_k=top_k,
             hidden_features=expert_hidden or feedforward_channels // top_k)
-        router = dict(
-            router_hidden=router_hidden,
-            noisy_gating=noisy_gating,
-            renormalize=renormalize_gates,
-            zero_init_router=zero_init_router,
-            aux_cfg=MoEAuxLossConfig(**(aux_loss_cfg or {})))
+        self.router_cfg = RouterConfig.build(router_cfg)
         dpr = torch.linspace(0, drop_path_rate, num_layers).tolist()
         self.layers = nn.ModuleList(
             ModSquadBlock(
@@ -181,7 +207,7 @@ class ModSquadViT(BaseModule):
                 task_names=self.task_names,
                 moa=moa if i in moa_layers else None,
                 moe_mlp=moe_mlp if i in mlp_layers else None,
-                router=router,
+                router_cfg=self.router_cfg,
                 window_size=0 if i in global_attn_indexes else window_size,
                 drop_rate=drop_rate,
                 attn_drop_rate=attn_drop_rate,
@@ -192,7 +218,36 @@ class ModSquadViT(BaseModule):
         self.final_norm = final_norm
         if final_norm:
             self.ln1 = build_norm_layer(norm_cfg, embed_dims)[1]
-        add_output_modules(self, out_type, embed_dims, pyramid_scales, norm_cfg)
+        self.outputs = ViTOutputs(
+            out_type=out_type,
+            out_indices=out_indices,
+            embed_dims=embed_dims,
+            num_layers=num_layers,
+            num_extra_tokens=self.num_extra_tokens,
+            pyramid_scales=pyramid_scales,
+            norm_cfg=norm_cfg)
+        if not -1 <= frozen_stages <= num_layers:
+            raise ValueError(f'frozen_stages={frozen_stages} out of range: -1 or 0 '
+                             f'(none) to num_layers={num_layers} (all).')
+        self.frozen_stages = frozen_stages
+        self._freeze_stages()
+
+    @staticmethod
+    def _pretrained_init_cfg(pretrained: Optional[str],
+                             init_cfg: Optional[dict]) -> Optional[dict]:
+        """mmseg's ``pretrained`` argument as an ``init_cfg`` (mmseg's own rules)."""
+        if pretrained is None:
+            return init_cfg
+        if init_cfg is not None:
+            raise ValueError('ModSquadViT: pretrained and init_cfg cannot be set at the '
+                             f'same time (pretrained={pretrained!r}); use init_cfg=dict('
+                             "type='Pretrained', checkpoint=...) only.")
+        if not isinstance(pretrained, str):
+            raise TypeError(f'ModSquadViT: pretrained must be a str or None, got '
+                            f'{type(pretrained).__name__}.')
+        warnings.warn('DeprecationWarning: pretrained is deprecated, please use '
+                      '"init_cfg" instead')
+        return dict(type='Pretrained', checkpoint=pretrained)
 
     @classmethod
     def _arch_settings(cls, arch) -> dict:
@@ -205,6 +260,29 @@ class ModSquadViT(BaseModule):
         if not isinstance(arch, dict) or set(arch) != keys:
             raise ValueError(f'A custom arch must be a dict with keys {sorted(keys)}.')
         return dict(arch)
+
+    def _build_task_embed(self, task_embed: Union[bool, dict], num_layers: int,
+                          embed_dims: int) -> Optional[nn.ParameterDict]:
+        """``task_embed.<task>``: (L, C) per block or (C,) shared; None if off."""
+        if task_embed is False or task_embed is None:
+            return None
+        cfg = dict(per_block=True, init_std=0.)
+        if isinstance(task_embed, dict):
+            unknown = sorted(set(task_embed) - set(cfg))
+            if unknown:
+                raise ValueError(f'Unknown task_embed keys {unknown}; valid keys are '
+                                 f'{sorted(cfg)}.')
+            cfg.update(task_embed)
+        elif task_embed is not True:
+            raise ValueError(f'task_embed must be a bool or a dict, got {task_embed!r}.')
+        self.task_embed_per_block = cfg['per_block']
+        shape = (num_layers, embed_dims) if cfg['per_block'] else (embed_dims, )
+        embeds = nn.ParameterDict()
+        for task in self.task_names:
+            embeds[task] = nn.Parameter(torch.zeros(shape))
+            if cfg['init_std'] > 0:
+                nn.init.normal_(embeds[task], std=cfg['init_std'])
+        return embeds
 
     @staticmethod
     def _moe_layout(moe_layers, num_layers) -> Tuple[set, set]:
@@ -237,6 +315,37 @@ class ModSquadViT(BaseModule):
                              f'{list(self.task_names)}.')
         return task
 
+    # --- frozen stages ---------------------------------------------------------
+    def _frozen_modules(self) -> List[nn.Module]:
+        """The modules ``frozen_stages`` freezes (kept in eval mode by :meth:`train`)."""
+        if self.frozen_stages <= 0:
+            return []
+        modules = [self.patch_embed, self.drop_after_pos,
+                   *self.layers[:self.frozen_stages]]
+        if self.frozen_stages == self.num_layers:
+            modules += [getattr(self, 'ln1', None), getattr(self.outputs, 'ln2', None)]
+        return [m for m in modules if m is not None]
+
+    def _freeze_stages(self) -> None:
+        """Stop the gradients of the frozen stem, blocks and norms."""
+        if self.frozen_stages <= 0:
+            return
+        params = [self.pos_embed, self.cls_token]
+        if self.task_embed is not None:
+            params += list(self.task_embed.values())
+        for module in self._frozen_modules():
+            params += list(module.parameters())
+        for param in params:
+            if param is not None:
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'ModSquadViT':
+        """As ``nn.Module.train``; the frozen stages stay in eval mode."""
+        super().train(mode)
+        for module in self._frozen_modules():
+            module.eval()
+        return self
+
     # --- weights ---------------------------------------------------------------
     def init_weights(self):
         if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
@@ -246,6 +355,13 @@ class ModSquadViT(BaseModule):
             return
         super().init_weights()
         trunc_normal_(self.pos_embed, std=0.02)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # ``ln2.*`` / ``pyramid.*`` (mmpretrain, earlier versions) -> ``outputs.``
+        self.outputs.rename_owner_keys(state_dict, prefix, f'{prefix}outputs.')
+        # A clear error, not a partly random model, for checkpoints that do not fit.
+        check_state_dict(state_dict, self, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def load_pretrained(self, checkpoint: Union[str, dict],
                         expand_experts: bool = False) -> None:
@@ -257,11 +373,13 @@ class ModSquadViT(BaseModule):
                 this model; the extra experts copy existing ones.
         """
         logger = MMLogger.get_current_instance()
+        name = 'The checkpoint'
         if isinstance(checkpoint, str):
             logger.info(f'ModSquadViT: loading {checkpoint}')
-            checkpoint = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+            name, checkpoint = checkpoint, CheckpointLoader.load_checkpoint(
+                checkpoint, map_location='cpu')
         state_dict, source = convert_to_mod_squad(
-            checkpoint, self, expand_experts=expand_experts)
+            checkpoint, self, expand_experts=expand_experts, name=name)
         missing, unexpected = self.load_state_dict(state_dict, strict=False)
         logger.info(f'ModSquadViT: loaded a {source} checkpoint.')
         if missing:
@@ -275,25 +393,25 @@ class ModSquadViT(BaseModule):
                 task: Optional[str] = None) -> Tuple[torch.Tensor, ...]:
         """x: (B, 3, H, W) images; returns one output per ``out_indices`` entry
         (four for ``'pyramid'`` from one index), shaped by ``out_type``."""
-        tokens, hw = self.forward_tokens(x, task, self.out_indices)
-        return format_outputs(self, self.out_type, tokens, hw, self.num_extra_tokens)
+        tokens, hw = self.forward_tokens(x, task, self.outputs.out_indices)
+        return self.outputs(tokens, hw)
 
-    def forward_tokens(self, x: torch.Tensor, task: Optional[str] = None,
-                       out_indices: Optional[Sequence[int]] = None
+    def forward_tokens(self, x: torch.Tensor, task: Optional[str],
+                       out_indices: Sequence[int]
                        ) -> Tuple[List[torch.Tensor], Tuple[int, int]]:
-        """Run the blocks with ``task``'s routers (default: :attr:`task`).
+        """Run the blocks with ``task``'s routers.
 
         Args:
             x: (B, 3, H, W) images.
-            out_indices: blocks whose (B, N, C) tokens are returned (default: the
-                configured ones); the last block's output is after the final norm.
+            task: whose routers run (None: :attr:`task`).
+            out_indices: blocks whose (B, N, C) tokens are returned; the last
+                block's output is after the final norm.
 
         Returns:
             The tokens of the chosen blocks and the patch grid (H/16, W/16).
         """
         task = self.check_task(task) if task is not None else self._task
-        out_indices = self.out_indices if out_indices is None else [
-            i % self.num_layers for i in out_indices]
+        out_indices = [i % self.num_layers for i in out_indices]
         B = x.shape[0]
         x, hw = self.patch_embed(x)
         if self.cls_token is not None:
@@ -312,7 +430,7 @@ class ModSquadViT(BaseModule):
         tokens = []
         for i, layer in enumerate(self.layers):
             if task_embed is not None:
-                x = x + task_embed[i]
+                x = x + (task_embed[i] if self.task_embed_per_block else task_embed)
             if self.with_cp and x.requires_grad:
                 x = cp.checkpoint(layer, x, task, hw, use_reentrant=False)
             else:

@@ -1,11 +1,11 @@
 """A task's view of the ModSquadViT shared by a multi-task model."""
-from typing import Sequence, Tuple, Union
+from typing import Sequence, Union
 
 import torch
 from mmengine.model import BaseModule
 
 from mod_squad.registry import MODELS
-from .vit_outputs import add_output_modules, check_out_type, format_outputs
+from .vit_outputs import ViTOutputs
 
 
 @MODELS.register_module()
@@ -16,8 +16,9 @@ class SharedBackboneView(BaseModule):
     It owns no copy of the backbone: the multi-task model binds it to the shared
     ModSquadViT and the task's name (:meth:`bind`); calling it runs the shared
     backbone with that task's routers and shapes the outputs for the task's
-    neck/head. Task-specific output modules (``ln2`` for ``'avg_featmap'``, the
-    simple pyramid for ``'pyramid'``) belong to the view, i.e. to the task's branch.
+    neck/head with its own :class:`ViTOutputs` (``outputs``: ``ln2`` for
+    ``'avg_featmap'``, the simple pyramid for ``'pyramid'``), which belongs to the
+    task's branch.
 
     Args:
         out_type (str): Output type, as ``ModSquadViT``'s ``out_type``.
@@ -33,29 +34,40 @@ class SharedBackboneView(BaseModule):
                  norm_cfg: dict = dict(type='LN', eps=1e-6),
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
-        self.out_type = out_type
-        self.out_indices = [out_indices] if isinstance(out_indices, int) else list(
-            out_indices)
-        self.pyramid_scales = pyramid_scales
-        self.norm_cfg = norm_cfg
+        self.outputs_cfg = dict(
+            out_type=out_type,
+            out_indices=out_indices,
+            pyramid_scales=pyramid_scales,
+            norm_cfg=norm_cfg)
         self.task = None
         self.__dict__['shared'] = None  # not a submodule: owned by the multi-task model
 
     def bind(self, backbone, task: str) -> None:
         """Run ``backbone`` (a ModSquadViT) with the routers of ``task``."""
-        check_out_type(self.out_type, backbone.cls_token is not None)
         self.task = backbone.check_task(task)
         self.__dict__['shared'] = backbone
-        add_output_modules(self, self.out_type, backbone.embed_dims, self.pyramid_scales,
-                           self.norm_cfg)
+        try:
+            self.outputs = ViTOutputs(
+                embed_dims=backbone.embed_dims,
+                num_layers=backbone.num_layers,
+                num_extra_tokens=backbone.num_extra_tokens,
+                **self.outputs_cfg)
+        except ValueError as error:
+            raise ValueError(f'SharedBackboneView of task {task!r}: {error}') from error
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor) -> tuple:
         """x: (B, 3, H, W) -> outputs of ``out_type`` per ``out_indices`` entry."""
         if self.shared is None:
-            raise RuntimeError('SharedBackboneView is not bound to a backbone: use it '
-                               'as a branch backbone of mod_squad.ModSquadMultiTaskModel.')
-        tokens, hw = self.shared.forward_tokens(x, self.task, self.out_indices)
-        return format_outputs(self, self.out_type, tokens, hw, self.shared.num_extra_tokens)
+            raise RuntimeError(
+                'SharedBackboneView is not bound to a backbone: use it as a branch '
+                'backbone of mod_squad.ModSquadMultiTaskModel.')
+        tokens, hw = self.shared.forward_tokens(x, self.task, self.outputs.out_indices)
+        return self.outputs(tokens, hw)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self.shared is not None:
+            self.outputs.rename_owner_keys(state_dict, prefix, f'{prefix}outputs.')
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f'task={self.task!r}, out_type={self.out_type!r}, out_indices={self.out_indices}'
+        return f'task={self.task!r}'
