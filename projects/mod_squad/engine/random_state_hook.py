@@ -57,11 +57,13 @@ class RandomStateHook(Hook):
       back after it), since a resumed run does not repeat the validation that
       followed its checkpoint.
 
-    Not reproduced: the data workers' own generators (``num_workers > 0``). mmengine
-    seeds each worker once, when it starts, from the seed, the rank and the worker
-    id; the workers of a resumed run start afresh, so the augmentations that run in
-    them repeat the draws of the run's start rather than continuing. With
-    ``num_workers=0`` the augmentations run in the main process and are reproduced.
+    Data workers (``num_workers > 0``) are not covered by this hook: mmengine seeds
+    each worker once, when it starts, and the workers of a resumed run start afresh.
+    :class:`~mod_squad.datasets.TaskBatchSampler` makes that irrelevant: each of its
+    samples carries a seed of ``(seed, rank, iteration, position)`` that
+    :class:`~mod_squad.datasets.HeterogeneousDataset` runs its pipeline from, so the
+    augmentations are reproduced for any ``num_workers``. With other samplers they
+    are reproduced only with ``num_workers=0`` (they then run in the main process).
 
     :class:`~mod_squad.engine.TaskIterBasedTrainLoop` registers this hook itself; add
     it to ``custom_hooks`` for mmengine's loops. ``EpochBasedTrainLoop`` resumes at an
