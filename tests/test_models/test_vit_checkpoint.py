@@ -101,6 +101,16 @@ def test_checkpoint_of_no_known_format_names_the_file(tmp_path):
     assert 'torchvision keys (encoder.layers.encoder_layer_0.' in message
 
 
+def test_dense_attention_does_not_upcycle_into_wider_heads():
+    dense = VisionTransformer(arch=TINY, img_size=SIZE)
+    model = ModSquadViT(arch=TINY, img_size=SIZE, attn_head_dims=64)
+    with pytest.raises(ValueError) as error:
+        convert_to_mod_squad(dense.state_dict(), model)
+    assert str(error.value).startswith(
+        'layers.0.attn: a dense attention upcycles into head experts of its own head '
+        'width C / heads = 32, but this ModSquadViT has attn_head_dims=64. ')
+
+
 # --- load_checkpoint (load_from, tools/test.py) ------------------------------------
 def test_dense_checkpoint_as_load_from_points_to_init_cfg(tmp_path):
     dense = VisionTransformer(arch=TINY, img_size=SIZE)

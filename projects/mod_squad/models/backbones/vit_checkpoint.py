@@ -122,6 +122,12 @@ def _upcycle_attention(dense: Dict[str, torch.Tensor], prefix: str,
     proj_b = dense.pop(f'{prefix}.proj.bias')  # (C, )
     C = proj_w.shape[0]
     head_dims = C // num_heads
+    if moa.head_dims != head_dims:
+        raise ValueError(
+            f'{prefix}: a dense attention upcycles into head experts of its own head '
+            f'width C / heads = {head_dims}, but this ModSquadViT has '
+            f'attn_head_dims={moa.head_dims}. Use attn_head_dims=None to start from a '
+            f'dense checkpoint, or train this layout from scratch.')
     num_experts = moa.q_proj.shape[0]
     heads = torch.arange(num_experts) % num_heads
     q_w, k_w, v_w = qkv_w.view(3, num_heads, head_dims, C)
