@@ -82,6 +82,27 @@ def test_predict_returns_each_toolboxs_data_samples(demo_cfg):
         assert len(outputs) == 2 and all(isinstance(o, kinds[task]) for o in outputs)
 
 
+def test_tensor_mode_returns_each_branchs_raw_outputs(demo_cfg):
+    """mode='tensor' gives each stock model's own raw outputs: logits (B, classes)
+    for mmpretrain's ImageClassifier (which has no ``_forward``), per-level class
+    scores and boxes for RetinaNet, (B, classes, h, w) for mmseg's EncoderDecoder."""
+    model = build_model(demo_cfg).eval()
+    outputs = {}
+    for task in TASKS:
+        batch = model.data_preprocessor(task_batch(demo_cfg, task), False)
+        with torch.no_grad():
+            outputs[task] = model(**batch, mode='tensor')
+            expected = model.branches[task](batch['inputs'], batch['data_samples'],
+                                            mode='tensor')
+        flat = [outputs[task]] if task != 'det' else [t for out in outputs[task] for t in out]
+        flat_expected = [expected] if task != 'det' else [t for out in expected for t in out]
+        assert len(flat) == len(flat_expected)
+        assert all(torch.equal(a, b) for a, b in zip(flat, flat_expected))
+    assert outputs['cls'].dim() == 2 and outputs['cls'].shape[0] == 2
+    assert len(outputs['det']) == 2  # (class scores, boxes), one tensor per level each
+    assert outputs['seg'].dim() == 4 and outputs['seg'].shape[0] == 2
+
+
 def test_loss_weights_scale_each_tasks_losses(demo_cfg):
     demo_cfg.model.loss_weights = dict(cls=1.0, det=1.0, seg=0.25)
     model = build_model(demo_cfg)

@@ -98,3 +98,18 @@ def assert_matches_reference(module, reference, x, task, rtol=1e-4, atol=1e-5):
         torch.testing.assert_close(
             grad, expected_grads[name].float(), rtol=rtol, atol=atol,
             msg=lambda m, name=name: f'gradient of {name}: {m}')
+
+
+def keep_experts(layer, kept):
+    """``layer``'s state dict cut to the experts ``kept`` (stacked expert tensors
+    and router output columns), the weights of a layer of ``len(kept)`` experts."""
+    kept = torch.tensor(kept)
+    out = {}
+    for key, value in layer.state_dict().items():
+        if key.startswith(('router.weight.', 'router.bias.')):
+            value = value[..., kept]
+        elif key in ('experts.w1', 'experts.b1', 'experts.w2', 'experts.b2', 'q_proj',
+                     'q_bias', 'o_proj'):
+            value = value[kept]
+        out[key] = value
+    return out

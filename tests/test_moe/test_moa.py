@@ -1,9 +1,11 @@
 """MoAttention against a naive per-token reference (forward and all gradients)."""
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from mod_squad.moe import MoAttention
-from moe_reference import GATE_EPS, assert_matches_reference, naive_moa, spread_router
+from moe_reference import (GATE_EPS, assert_matches_reference, keep_experts, naive_moa,
+                           spread_router)
 
 TASKS = ('cls', 'det')
 
@@ -83,3 +85,56 @@ def test_parameter_names_and_shapes():
         'o_proj': (6, 8, 16),
         'o_bias': (16, ),
     }
+
+
+# --- compute control ------------------------------------------------------------------
+class QueryRows(TorchFunctionMode):
+    """Rows of the attention queries and of the per-head matmuls (query and output
+    heads of a layer without biases; the router's is an ``addmm``) run inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = dict(queries=0, head_rows=0)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, '__name__', '')
+        if name == 'scaled_dot_product_attention':
+            self.rows['queries'] += args[0].shape[2]
+        elif name == 'matmul':
+            self.rows['head_rows'] += args[0].shape[0]
+        return func(*args, **(kwargs or {}))
+
+
+def test_full_compute_is_bit_identical():
+    layer = _layer(6, 3)
+    x = torch.randn(2, 5, 16)
+    before = layer(x, 'det')
+    layer.router.set_compute('det', top_k=3, enabled_experts=list(range(6)))
+    assert torch.equal(layer(x, 'det'), before)
+
+
+def test_lower_k_runs_fewer_queries():
+    layer = _layer(8, 4, qkv_bias=False)
+    x = torch.randn(2, 5, 16)
+    with QueryRows() as full:
+        layer(x, 'det')
+    layer.router.set_compute('det', top_k=1)
+    with QueryRows() as low:
+        y = layer(x, 'det')
+    # per image N * k queries; query and output heads of the B * N * k slots
+    assert full.rows == dict(queries=5 * 4, head_rows=2 * 40)
+    assert low.rows == dict(queries=5 * 1, head_rows=2 * 10)
+    built = MoAttention(16, 8, 1, 8, TASKS, qkv_bias=False)  # same weights, k = 1
+    built.load_state_dict(layer.state_dict())
+    assert torch.equal(y, built(x, 'det'))
+
+
+def test_disabled_heads_equal_a_layer_of_the_enabled_ones():
+    layer = _layer(6, 2)
+    x = torch.randn(2, 5, 16)
+    layer.router.set_compute('cls', enabled_experts=[1, 4, 5])
+    y = layer(x, 'cls')
+    assert layer.usage.counts[0, [0, 2, 3]].eq(0).all()
+    small = MoAttention(16, 3, 2, 8, TASKS)
+    small.load_state_dict(keep_experts(layer, [1, 4, 5]))
+    torch.testing.assert_close(y, small(x, 'cls'))

@@ -5,7 +5,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
 from mod_squad.moe import MoEAuxLossConfig, MoEMLP, RouterConfig, collect_aux_losses
-from moe_reference import GATE_EPS, assert_matches_reference, naive_moe_mlp, spread_router
+from moe_reference import (GATE_EPS, assert_matches_reference, keep_experts,
+                           naive_moe_mlp, spread_router)
 
 TASKS = ('cls', 'seg')
 
@@ -109,3 +110,69 @@ def test_exposes_task_names_and_per_task_router_weights():
         'experts.b2': (4, 16),
     }
     assert layer.aux_loss is None  # no auxiliary loss configured
+
+
+# --- compute control ------------------------------------------------------------------
+def _rows_through_experts(layer, x, task):
+    """Output, and the rows the experts' first matmul got."""
+    rows = []
+    handle = layer.experts.register_forward_pre_hook(
+        lambda module, args: rows.append(args[0].shape[0]))
+    y = layer(x, task)
+    handle.remove()
+    return y, rows[0]
+
+
+def test_full_compute_is_bit_identical():
+    layer = _layer(6, 3)
+    x = torch.randn(2, 5, 16)
+    before = layer(x, 'seg')
+    layer.router.set_compute('seg', top_k=3, enabled_experts=list(range(6)))
+    assert torch.equal(layer(x, 'seg'), before)
+
+
+def test_lower_k_sends_fewer_rows_through_the_experts():
+    layer = _layer(8, 4)
+    x = torch.randn(2, 5, 16)
+    _, rows = _rows_through_experts(layer, x, 'seg')
+    assert rows == 10 * 4
+    layer.router.set_compute('seg', top_k=2)
+    assert layer.top_k_of('seg') == 2 and layer.top_k == 4
+    y, rows = _rows_through_experts(layer, x, 'seg')
+    assert rows == 10 * 2
+    assert layer.usage.counts[1].sum() == 10 * 4 + 10 * 2
+    built = MoEMLP(16, 8, 2, 8, TASKS)  # the same weights, built with k = 2
+    built.load_state_dict(layer.state_dict())
+    assert torch.equal(y, built(x, 'seg'))
+
+
+def test_disabled_experts_equal_a_layer_of_the_enabled_ones():
+    layer = _layer(6, 2)
+    x = torch.randn(12, 16)
+    layer.router.set_compute('cls', enabled_experts=[0, 2, 5])
+    assert layer.enabled_experts_of('cls') == [0, 2, 5]
+    y = layer(x, 'cls')
+    assert layer.usage.counts[0, [1, 3, 4]].eq(0).all()
+    small = MoEMLP(16, 3, 2, 8, TASKS)
+    small.load_state_dict(keep_experts(layer, [0, 2, 5]))
+    torch.testing.assert_close(y, small(x, 'cls'))
+
+
+def test_training_with_disabled_experts_gives_finite_gradients_and_losses():
+    """The settings apply in training too: the auxiliary losses see probability 0
+    (logit -inf) for the disabled experts, whose router columns get zero gradient."""
+    aux = MoEAuxLossConfig(mi_weight=1., mi_form='batch', switch_weight=1., z_weight=1.)
+    layer = _layer(6, 2, router_cfg=RouterConfig(aux_loss=aux, noisy_gating=True))
+    layer.router.set_compute('seg', top_k=1, enabled_experts=[1, 4])
+    layer.train()
+    y = layer(torch.randn(9, 16), 'seg')
+    losses = collect_aux_losses(layer)
+    assert set(losses) == {'loss_moe_mi', 'loss_moe_switch', 'loss_moe_z'}
+    assert all(torch.isfinite(loss) for loss in losses.values())
+    (y.sum() + sum(losses.values())).backward()
+    for name, param in layer.named_parameters():
+        if param.grad is not None:
+            assert torch.isfinite(param.grad).all(), name
+    grad = layer.router.weight['seg'].grad
+    assert grad[:, [0, 2, 3, 5]].eq(0).all() and grad[:, [1, 4]].ne(0).any()
+    assert layer.experts.w1.grad[[0, 2, 3, 5]].eq(0).all()

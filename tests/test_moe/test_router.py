@@ -135,3 +135,105 @@ def test_invalid_arguments():
 def test_task_names_must_be_unique_names_without_dots(tasks):
     with pytest.raises(ValueError, match='unique, non-empty names without dots'):
         TaskRouter(8, 4, 2, tasks)
+
+
+# --- compute control ------------------------------------------------------------------
+def test_compute_defaults_and_readers():
+    router = TaskRouter(8, 6, 3, TASKS)
+    assert [router.top_k_of(t) for t in TASKS] == [3, 3, 3]
+    assert router.enabled_experts_of('det') == list(range(6))
+    router.set_compute('det', top_k=2, enabled_experts=[4, 1, 2])
+    assert (router.top_k_of('det'), router.enabled_experts_of('det')) == (2, [1, 2, 4])
+    all_experts = list(range(6))
+    assert (router.top_k_of('cls'), router.enabled_experts_of('cls')) == (3, all_experts)
+    router.set_compute('det', enabled_experts=[0, 5])  # None: built k, capped
+    assert (router.top_k_of('det'), router.enabled_experts_of('det')) == (2, [0, 5])
+    router.set_compute('det')
+    assert (router.top_k_of('det'), router.enabled_experts_of('det')) == (3, all_experts)
+    router.set_compute('seg', top_k=6)  # more than built: up to every expert
+    assert router(torch.randn(2, 8), 'seg').indices.shape == (2, 6)
+    assert 'enabled_mask' not in router.state_dict()  # a setting, not a weight
+    assert 'enabled_mask' in dict(router.named_buffers())  # follows .to(device)
+
+
+def test_full_compute_is_bit_identical():
+    router = TaskRouter(8, 6, 3, TASKS, RouterConfig(hidden=5))
+    spread_router(Wrapped(router))
+    x = torch.randn(20, 8)
+    before = router(x, 'det')
+    router.set_compute('det', top_k=3, enabled_experts=range(6))
+    for got, expected in zip(router(x, 'det'), before):
+        assert torch.equal(got, expected)
+
+
+def test_lower_k_keeps_the_most_probable_experts():
+    router = TaskRouter(8, 6, 4, TASKS)
+    spread_router(Wrapped(router))
+    x = torch.randn(20, 8)
+    full = router(x, 'seg')
+    router.set_compute('seg', top_k=2)
+    low = router(x, 'seg')
+    assert low.indices.shape == low.gates.shape == (20, 2)
+    assert torch.equal(low.indices, full.indices[:, :2])
+    assert torch.equal(low.gates, full.gates[:, :2])
+    assert torch.equal(low.probs, full.probs)
+    assert router(x, 'cls').indices.shape == (20, 4)  # other tasks keep theirs
+
+
+@pytest.mark.parametrize('renormalize', [False, True])
+def test_disabled_experts_are_never_chosen_and_probs_renormalise(renormalize):
+    router = TaskRouter(8, 6, 2, TASKS, RouterConfig(renormalize=renormalize))
+    spread_router(Wrapped(router))
+    x = torch.randn(50, 8)
+    full = router(x, 'cls')
+    enabled = [1, 3, 4]
+    assert not torch.isin(full.indices, torch.tensor(enabled)).all()  # a real change
+    router.set_compute('cls', enabled_experts=enabled)
+    out = router(x, 'cls')
+    assert torch.isin(out.indices, torch.tensor(enabled)).all()
+    assert out.probs[:, [0, 2, 5]].eq(0).all()
+    assert torch.isinf(out.logits[:, [0, 2, 5]]).all()
+    # the softmax over the enabled logits alone, i.e. a router of only those experts
+    expected = full.logits[:, enabled].softmax(-1)
+    torch.testing.assert_close(out.probs[:, enabled], expected)
+    top = expected.sort(dim=-1, descending=True, stable=True)
+    assert torch.equal(out.indices, torch.tensor(enabled)[top.indices[:, :2]])
+    gates = top.values[:, :2]
+    gates = gates / gates.sum(-1, keepdim=True) if renormalize else gates + GATE_EPS
+    torch.testing.assert_close(out.gates, gates)
+
+
+def test_enabled_experts_win_ties_with_disabled_ones():
+    """An enabled expert whose probability underflows to 0 still goes before the
+    disabled experts (probability 0 too) of lower index."""
+    router = TaskRouter(8, 4, 2, TASKS)
+    with torch.no_grad():
+        router.bias['cls'][2] = float('-inf')
+    router.set_compute('cls', enabled_experts=[2, 3])
+    out = router(torch.randn(5, 8), 'cls')
+    assert out.indices.tolist() == [[3, 2]] * 5
+    assert out.probs[:, 2].eq(0).all() and out.probs[:, 3].eq(1).all()
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(task='depth'), r"Unknown task 'depth'; valid tasks are "
+     r"\['cls', 'det', 'seg'\]"),
+    (dict(top_k=0), r"top_k of task 'det' must be an int in \[1, num_experts=6\], got 0"),
+    (dict(top_k=7), r"top_k of task 'det' must be an int in \[1, num_experts=6\], got 7"),
+    (dict(top_k=2.0), r'must be an int in \[1, num_experts=6\], got 2.0'),
+    (dict(enabled_experts=[1, 6]), r"enabled_experts of task 'det' must be a non-empty "
+     r'list of expert ids in \[0, 6\), got \[1, 6\]'),
+    (dict(enabled_experts=[-1, 2]), r'expert ids in \[0, 6\), got \[-1, 2\]'),
+    (dict(enabled_experts=[]), r'non-empty list of expert ids'),
+    (dict(enabled_experts=[2, 2, 3]), r"enabled_experts of task 'det' repeat an "
+     r'expert: \[2, 2, 3\]'),
+    (dict(top_k=3, enabled_experts=[0, 4]), r"top_k=3 of task 'det' is larger than its "
+     r'2 enabled experts \[0, 4\]'),
+])
+def test_compute_errors_name_the_culprit(kwargs, message):
+    router = TaskRouter(8, 6, 3, TASKS)
+    kwargs.setdefault('task', 'det')
+    with pytest.raises(ValueError, match=message):
+        router.set_compute(**kwargs)
+    assert router.top_k_of('det') == 3 and router.enabled_experts_of('det') == list(
+        range(6))

@@ -1,12 +1,15 @@
-"""Expert usage statistics: counts equal the routed tokens; readers; reduce; reset."""
+"""Expert usage statistics: counts equal the routed tokens; the running share is the
+authors' moving average; readers; reduce; reset."""
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from mod_squad.moe import (MoAttention, MoEMLP, RouterConfig, all_reduce_expert_usage,
+from mod_squad.moe import (ExpertUsage, MoAttention, MoEMLP, RouterConfig,
+                           all_reduce_expert_usage, experts_to_cover,
                            expert_usage_modules, num_experts_used, reset_expert_usage,
                            stack_expert_usage, usage_entropy, usage_share)
 
@@ -54,16 +57,22 @@ def test_stack_pads_layers_and_reset_clears():
     assert counts[:, 2].sum(-1).tolist() == [20, 20]  # 10 tokens x top-2
     _, mass = stack_expert_usage(model, 'prob_mass')
     torch.testing.assert_close(mass[:, 2].sum(-1), torch.full((2, ), 10.).double())
+    _, running = stack_expert_usage(model, 'running_share')
+    assert running.shape == (2, 3, 6) and running[:, 2].sum(-1).gt(0).all()
     with pytest.raises(ValueError):
         stack_expert_usage(model, 'tokens')
-    reset_expert_usage(model)
+    reset_expert_usage(model, running=False)  # keeps the running share
     assert stack_expert_usage(model)[1].eq(0).all()
+    assert torch.equal(stack_expert_usage(model, 'running_share')[1], running)
+    reset_expert_usage(model)
+    assert stack_expert_usage(model, 'running_share')[1].eq(0).all()
 
 
 def test_all_reduce_in_a_single_process_group(tmp_path):
     model = Model()
     model(torch.randn(1, 4, 16), 'cls')
-    before = stack_expert_usage(model)[1].clone()
+    before = {f: stack_expert_usage(model, f)[1].clone()
+              for f in ('counts', 'running_share')}
     all_reduce_expert_usage(model)  # not initialised: no-op
     dist.init_process_group(
         'gloo', init_method=f'file://{tmp_path}/store', rank=0, world_size=1)
@@ -71,7 +80,51 @@ def test_all_reduce_in_a_single_process_group(tmp_path):
         all_reduce_expert_usage(model)
     finally:
         dist.destroy_process_group()
-    assert torch.equal(stack_expert_usage(model)[1], before)
+    # counts summed, the running share averaged: unchanged over one rank
+    for field, value in before.items():
+        assert torch.equal(stack_expert_usage(model, field)[1], value)
+
+
+def test_running_share_is_the_moving_average_of_training_forwards():
+    usage = ExpertUsage(num_tasks=2, num_experts=4)
+    assert usage.momentum == 0.95  # the authors'
+    route = SimpleNamespace(probs=torch.full((5, 4), 0.25))
+    first, second = torch.tensor([4, 4, 2, 0]), torch.tensor([0, 5, 5, 0])
+    usage.update(1, route, first)
+    usage.update(1, route, second)
+    expected = 0.95 * 0.05 * first / 10 + 0.05 * second / 10
+    torch.testing.assert_close(usage.running_share[1], expected.double())
+    assert usage.running_share[0].eq(0).all()  # only the forward's task moves
+    # read as a share, the start from 0 does not matter
+    torch.testing.assert_close(usage_share(usage.running_share[1]),
+                               (expected / expected.sum()).double())
+    with torch.no_grad():  # validation / test: cumulative counts only
+        usage.update(1, route, second)
+    torch.testing.assert_close(usage.running_share[1], expected.double())
+    assert usage.counts[1].tolist() == [4, 14, 12, 0]
+    with pytest.raises(ValueError, match='momentum'):
+        ExpertUsage(2, 4, momentum=1.)
+
+
+def test_layer_updates_the_running_share_in_training_steps_only():
+    layer = MoEMLP(16, 4, 1, 8, TASKS, router_cfg=RouterConfig(init='trunc_normal'))
+    x = torch.randn(6, 16)
+    layer(x, 'det')
+    share = layer.usage.counts[1].double() / 6
+    torch.testing.assert_close(layer.usage.running_share[1], 0.05 * share)
+    with torch.no_grad():
+        layer(x, 'det')
+    torch.testing.assert_close(layer.usage.running_share[1], 0.05 * share)
+
+
+def test_experts_to_cover():
+    stat = torch.tensor([[50., 40., 10., 0.], [25., 25., 25., 25.], [0., 0., 0., 0.],
+                         [0., 0., 0., 7.]])
+    assert experts_to_cover(stat, 0.9).tolist() == [2, 4, 0, 1]
+    assert experts_to_cover(stat, 0.5).tolist() == [1, 2, 0, 1]
+    assert experts_to_cover(stat, 1.).tolist() == [3, 4, 0, 1]
+    with pytest.raises(ValueError, match='mass'):
+        experts_to_cover(stat, 0.)
 
 
 def test_share_entropy_and_experts_used():

@@ -92,6 +92,17 @@ def load_task_dataset(task: str, dataset: BaseDataset) -> None:
     _warn_unknown_categories(task, dataset)
 
 
+def with_checked_dataset(task: str, dataloader):
+    """A dataloader config whose dataset config is built and checked as the train
+    datasets are (:func:`load_task_dataset`: a missing path or an empty dataset
+    names the task and the file); other dataloaders are returned as they are."""
+    if not isinstance(dataloader, dict) or not isinstance(dataloader.get('dataset'), dict):
+        return dataloader
+    dataset = build_task_dataset(task, dataloader['dataset'])
+    load_task_dataset(task, dataset)
+    return dict(dataloader, dataset=dataset)
+
+
 def _warn_unknown_categories(task: str, dataset: BaseDataset) -> None:
     """Warn about the annotations a COCO-style dataset dropped for their category.
 

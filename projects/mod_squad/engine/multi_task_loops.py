@@ -10,20 +10,8 @@ from mmengine.logging import print_log
 from mmengine.runner import BaseLoop, autocast
 from terminaltables import AsciiTable
 
-from mod_squad.datasets.heterogeneous_dataset import (build_task_dataset,
-                                                      load_task_dataset)
+from mod_squad.datasets import with_checked_dataset
 from mod_squad.registry import LOOPS
-
-
-def _with_checked_dataset(task: str, dataloader):
-    """A dataloader config whose dataset config is built and checked as the train
-    datasets are (:func:`~mod_squad.datasets.heterogeneous_dataset.load_task_dataset`:
-    a missing path or an empty dataset names the task and the file)."""
-    if not isinstance(dataloader, dict) or not isinstance(dataloader.get('dataset'), dict):
-        return dataloader
-    dataset = build_task_dataset(task, dataloader['dataset'])
-    load_task_dataset(task, dataset)
-    return dict(dataloader, dataset=dataset)
 
 
 class MultiTaskEvalLoop(BaseLoop):
@@ -65,7 +53,7 @@ class MultiTaskEvalLoop(BaseLoop):
         diff_rank_seed = runner.cfg.get('randomness', {}).get('diff_rank_seed', False)
         self.dataloaders = {
             task: runner.build_dataloader(
-                _with_checked_dataset(task, dataloader[task]), seed=runner.seed,
+                with_checked_dataset(task, dataloader[task]), seed=runner.seed,
                 diff_rank_seed=diff_rank_seed)
             for task in self.tasks
         }

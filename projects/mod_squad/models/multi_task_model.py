@@ -107,7 +107,7 @@ class ModSquadMultiTaskModel(BaseModel):
         if mode == 'predict':
             return branch.predict(inputs, data_samples)
         if mode == 'tensor':
-            return branch._forward(inputs, data_samples)
+            return branch(inputs, data_samples, mode='tensor')
         raise RuntimeError(f'Invalid mode "{mode}". Only supports loss, predict and '
                            'tensor mode')
 

@@ -10,7 +10,9 @@
 - :mod:`.moe_mlp`: :class:`MoEMLP`; :mod:`.moa`: :class:`MoAttention`; both built on
   :class:`RoutedLayer` (:mod:`.routed_layer`).
 - :mod:`.losses`: :class:`RouterAuxLoss`, :func:`collect_aux_losses`.
-- :mod:`.stats`: :class:`ExpertUsage` and readers of per-task expert usage.
+- :mod:`.stats`: :class:`ExpertUsage` (cumulative and running per-task expert usage)
+  and its readers.
+- :mod:`.selection`: :class:`ExpertSelection`, the experts a task keeps (pruning).
 """
 from .config import MoEAuxLossConfig, RouterConfig
 from .dispatch import TokenDispatch
@@ -19,17 +21,19 @@ from .losses import (RouterAuxLoss, collect_aux_losses, mutual_information_loss,
                      switch_loss)
 from .moa import MoAttention
 from .moe_mlp import MoEMLP
-from .routed_layer import RoutedLayer
+from .routed_layer import RoutedLayer, routed_layers
 from .router import RouterOutput, TaskRouter, check_task_names
-from .stats import (ExpertUsage, all_reduce_expert_usage, expert_usage_modules,
-                    num_experts_used, reset_expert_usage, stack_expert_usage,
-                    usage_entropy, usage_share)
+from .selection import ExpertSelection
+from .stats import (ExpertUsage, all_reduce_expert_usage, experts_to_cover,
+                    expert_usage_modules, num_experts_used, reset_expert_usage,
+                    stack_expert_usage, usage_entropy, usage_share)
 
 __all__ = [
     'RouterConfig', 'MoEAuxLossConfig', 'TaskRouter', 'RouterOutput',
     'check_task_names', 'TokenDispatch', 'GroupedExperts', 'grouped_linear',
-    'grouped_mm_supported', 'RoutedLayer', 'MoEMLP', 'MoAttention', 'RouterAuxLoss',
+    'grouped_mm_supported', 'RoutedLayer', 'routed_layers', 'MoEMLP', 'MoAttention', 'RouterAuxLoss',
     'collect_aux_losses', 'mutual_information_loss', 'switch_loss', 'ExpertUsage',
     'expert_usage_modules', 'stack_expert_usage', 'reset_expert_usage',
-    'all_reduce_expert_usage', 'usage_share', 'usage_entropy', 'num_experts_used'
+    'all_reduce_expert_usage', 'usage_share', 'usage_entropy', 'num_experts_used',
+    'experts_to_cover', 'ExpertSelection'
 ]

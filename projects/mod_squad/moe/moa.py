@@ -6,7 +6,7 @@ head of width hd (multi-query attention), so a token's k query heads all attend 
 the same keys and values, and the output of a token is the gate-weighted sum over its k
 heads of ``attention_output @ o_proj[e]``.
 """
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -27,7 +27,8 @@ class MoAttention(RoutedLayer):
     Args:
         embed_dims (int): Token width C.
         num_experts (int): Head experts E.
-        top_k (int): Heads k per token.
+        top_k (int): Heads k per token (every task's default; a task may run fewer
+            or a subset of the heads, see ``router.set_compute``).
         head_dims (int): Head width hd.
         task_names (Sequence[str]): Tasks with their own router.
         qkv_bias (bool): Biases of the query and key/value projections.
@@ -70,6 +71,10 @@ class MoAttention(RoutedLayer):
             if b is not None:
                 nn.init.zeros_(b)
 
+    def expert_parameters(self) -> List[nn.Parameter]:
+        """Query and output projections; the key/value head is shared."""
+        return [p for p in (self.q_proj, self.q_bias, self.o_proj) if p is not None]
+
     def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:
         """x: (B, N, C) tokens of ``task`` -> (B, N, C)."""
         B, N, C = x.shape
@@ -82,11 +87,13 @@ class MoAttention(RoutedLayer):
         q = dispatch.scatter_slots(q)
         k, v = self.kv_proj(x).unsqueeze(1).chunk(2, dim=-1)  # (B, 1, N, hd) each
         # The shared key/value make the k heads of all N tokens one multi-query head
-        # of N * k queries: rows ordered (token, head), as the slots.
+        # of N * k queries: rows ordered (token, head), as the slots; k is the
+        # task's (possibly lowered) top-k, so fewer heads compute fewer queries.
+        top_k = dispatch.top_k
         o = F.scaled_dot_product_attention(
-            q.view(B, 1, N * self.top_k, self.head_dims).to(k.dtype), k, v,
+            q.view(B, 1, N * top_k, self.head_dims).to(k.dtype), k, v,
             dropout_p=self.attn_drop if self.training else 0.)
-        o = dispatch.gather_slots(o.reshape(B * N * self.top_k, self.head_dims))
+        o = dispatch.gather_slots(o.reshape(B * N * top_k, self.head_dims))
         # gate before the (linear) output projection: scales hd, not C, values a slot
         gates = dispatch.gather_slots(route.gates.reshape(-1, 1)).to(o.dtype)
         y = grouped_linear(o * gates, self.o_proj, None, dispatch, impl)

@@ -1,5 +1,5 @@
 """Mixture-of-experts MLP with per-task routers and dropless dispatch."""
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -19,7 +19,8 @@ class MoEMLP(RoutedLayer):
     Args:
         embed_dims (int): Token width C.
         num_experts (int): E.
-        top_k (int): Experts k per token.
+        top_k (int): Experts k per token (every task's default; a task may run
+            fewer or a subset of the experts, see ``router.set_compute``).
         hidden_features (int): Hidden width H of each expert (Mod-Squad: the dense MLP
             hidden / k, so that k experts cost one dense MLP).
         task_names (Sequence[str]): Tasks with their own router.
@@ -42,6 +43,9 @@ class MoEMLP(RoutedLayer):
         self.experts = GroupedExperts(
             num_experts, embed_dims, hidden_features, act_layer=act_layer, drop=drop)
         self.drop = nn.Dropout(drop)
+
+    def expert_parameters(self) -> List[nn.Parameter]:
+        return list(self.experts.parameters())
 
     def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:
         """x: (..., C) tokens of ``task`` -> (..., C)."""

@@ -1,5 +1,5 @@
 """Base of the task-routed layers: router, usage statistics and auxiliary losses."""
-from typing import Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -25,7 +25,8 @@ class RoutedLayer(nn.Module):
     Args:
         in_features (int): Token width C seen by the router.
         num_experts (int): E.
-        top_k (int): Experts per token.
+        top_k (int): Experts per token (every task's default, see
+            :meth:`TaskRouter.set_compute`).
         task_names (Sequence[str]): Tasks with their own router.
         router_cfg (RouterConfig, optional): Router, auxiliary losses and expert
             path (``impl``), kept as :attr:`router_cfg`. Defaults to
@@ -56,7 +57,20 @@ class RoutedLayer(nn.Module):
 
     @property
     def top_k(self) -> int:
+        """The built k (the default of every task)."""
         return self.router.top_k
+
+    def top_k_of(self, task: str) -> int:
+        """Experts per token of ``task`` (:meth:`TaskRouter.set_compute`)."""
+        return self.router.top_k_of(task)
+
+    def enabled_experts_of(self, task: str) -> List[int]:
+        """Experts ``task``'s router may choose (:meth:`TaskRouter.set_compute`)."""
+        return self.router.enabled_experts_of(task)
+
+    def expert_parameters(self) -> List[nn.Parameter]:
+        """The per-expert parameters, each stacked along a leading ``(E, ...)``."""
+        raise NotImplementedError
 
     def route(self, x: torch.Tensor, task: str) -> Tuple[RouterOutput, TokenDispatch]:
         """Route (N, C) tokens of ``task`` and sort them by expert; record usage and,
@@ -71,3 +85,8 @@ class RoutedLayer(nn.Module):
         if self.aux_loss is not None and self.training and torch.is_grad_enabled():
             self.aux_loss.update(t, route, dispatch.counts, record=not recomputing)
         return route, dispatch
+
+
+def routed_layers(model: nn.Module) -> Dict[str, RoutedLayer]:
+    """The routed layers (MoE MLPs, MoAs) of ``model`` by name, in model order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, RoutedLayer)}

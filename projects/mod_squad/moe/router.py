@@ -1,5 +1,11 @@
 """Task routers: one top-k router per task, each in its own parameters.
 
+Compute control: each task's router also has its own k (by default the built
+``top_k``) and set of enabled experts, changeable on a built model
+(:meth:`TaskRouter.set_compute`) without retraining. Disabled experts get the logit
+``-inf``: the softmax renormalises over the enabled ones and they are never chosen.
+A lower k gives the dispatch N * k slots, so the experts really compute less.
+
 A layer keeps its routers in parameter dicts keyed by task name (``weight.<task>``
 (D, E)), as the Mod-Squad code keeps one gate module per task. The routers of the
 tasks absent from an iteration get no gradient (``None``), so optimisers such as AdamW
@@ -7,7 +13,7 @@ leave them exactly as they are (no momentum or weight-decay drift), a checkpoint
 routers load by task name, and under DDP ``find_unused_parameters=True`` is needed (as
 for the per-task heads anyway).
 """
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -23,11 +29,13 @@ class RouterOutput(NamedTuple):
     """Routing of N tokens over E experts, all fp32.
 
     Attributes:
-        probs: (N, E) softmax over the experts.
-        indices: (N, k) chosen experts, most probable first; ties go to the lower index.
+        probs: (N, E) softmax over the (enabled) experts; 0 for disabled ones.
+        indices: (N, k) chosen experts, most probable first; ties go to the lower
+            index; k is the task's effective top-k (:meth:`TaskRouter.top_k_of`).
         gates: (N, k) weights of the chosen experts: their probabilities +
             ``RouterConfig.eps``, or renormalised to sum to 1 over the k.
-        logits: (N, E) scores before the softmax (noisy in training with noisy gating).
+        logits: (N, E) scores before the softmax (noisy in training with noisy
+            gating; ``-inf`` for disabled experts).
     """
     probs: torch.Tensor
     indices: torch.Tensor
@@ -53,10 +61,16 @@ class TaskRouter(nn.Module):
     ``hidden_weight`` (C, D) (and ``hidden_bias`` (D,)); with noisy gating,
     ``noise_weight`` (D, E).
 
+    Per-task compute (:meth:`set_compute`, read by :meth:`top_k_of` and
+    :meth:`enabled_experts_of`): by default every expert is enabled and k is
+    ``top_k``. The settings are not saved in checkpoints (``enabled_mask`` is a
+    non-persistent buffer) and apply in training and evaluation alike.
+
     Args:
         in_features (int): Token width C.
         num_experts (int): Experts E to choose from.
-        top_k (int): Experts k per token.
+        top_k (int): Experts k per token (each task's default, see
+            :meth:`set_compute`).
         task_names (Sequence[str]): One router per task, in this order.
         cfg (RouterConfig, optional): Hidden width, noisy gating, gates, init, bias
             and gate epsilon. Defaults to ``RouterConfig()``.
@@ -92,6 +106,13 @@ class TaskRouter(nn.Module):
         self.weight = per_task(dims, num_experts)
         self.bias = per_task(num_experts, when=cfg.bias)
         self.noise_weight = per_task(dims, num_experts, when=cfg.noisy_gating)
+        # Compute control: k on the host (it shapes the dispatch), the enabled set
+        # both on the host (readers, no sync) and as a (T, E) mask on the device.
+        self._top_k: Dict[str, int] = dict.fromkeys(self.task_names, top_k)
+        self._enabled: Dict[str, Optional[List[int]]] = dict.fromkeys(self.task_names)
+        self.register_buffer(
+            'enabled_mask', torch.ones(len(self.task_names), num_experts,
+                                       dtype=torch.bool), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -119,9 +140,68 @@ class TaskRouter(nn.Module):
             raise ValueError(f'Unknown task {task!r}; valid tasks are '
                              f'{list(self.task_names)}.') from None
 
+    # --- compute control --------------------------------------------------------
+    def top_k_of(self, task: str) -> int:
+        """Experts per token that ``task``'s tokens are routed to."""
+        self.task_index(task)
+        return self._top_k[task]
+
+    def enabled_experts_of(self, task: str) -> List[int]:
+        """Sorted ids of the experts ``task``'s router may choose."""
+        self.task_index(task)
+        enabled = self._enabled[task]
+        return list(range(self.num_experts)) if enabled is None else list(enabled)
+
+    def set_compute(self,
+                    task: str,
+                    top_k: Optional[int] = None,
+                    enabled_experts: Optional[Sequence[int]] = None) -> None:
+        """Set ``task``'s experts per token and the experts it may choose.
+
+        Args:
+            task (str): Whose router.
+            top_k (int, optional): k in [1, E], at most the number of enabled
+                experts. None: the built ``top_k``, capped at the number of enabled
+                experts.
+            enabled_experts (Sequence[int], optional): Expert ids in [0, E). None:
+                all experts.
+        """
+        t = self.task_index(task)
+        enabled = None
+        if enabled_experts is not None:
+            enabled = sorted(set(int(e) for e in enabled_experts))
+            if len(enabled) != len(enabled_experts):
+                raise ValueError(f'enabled_experts of task {task!r} repeat an expert: '
+                                 f'{list(enabled_experts)}.')
+            outside = [e for e in enabled if not 0 <= e < self.num_experts]
+            if outside or not enabled:
+                raise ValueError(
+                    f'enabled_experts of task {task!r} must be a non-empty list of '
+                    f'expert ids in [0, {self.num_experts}), got '
+                    f'{list(enabled_experts)}.')
+        num_enabled = self.num_experts if enabled is None else len(enabled)
+        if top_k is None:
+            top_k = min(self.top_k, num_enabled)
+        elif isinstance(top_k, bool) or not isinstance(top_k, int) or not (
+                0 < top_k <= self.num_experts):
+            raise ValueError(f'top_k of task {task!r} must be an int in [1, '
+                             f'num_experts={self.num_experts}], got {top_k!r}.')
+        elif top_k > num_enabled:
+            raise ValueError(f'top_k={top_k} of task {task!r} is larger than its '
+                             f'{num_enabled} enabled experts {enabled}.')
+        self._top_k[task] = top_k
+        # all experts enabled: the unmasked path, as a router never restricted
+        self._enabled[task] = None if num_enabled == self.num_experts else enabled
+        self.enabled_mask[t] = enabled is None
+        if enabled is not None:
+            self.enabled_mask[t, enabled] = True
+
     def forward(self, x: torch.Tensor, task: str) -> RouterOutput:
-        """x: (N, C) tokens, any dtype; returns the fp32 :class:`RouterOutput`."""
-        self.task_index(task)  # a clear error for an unknown task
+        """x: (N, C) tokens, any dtype; returns the fp32 :class:`RouterOutput` with
+        k = :meth:`top_k_of` (task) experts per token."""
+        t = self.task_index(task)  # a clear error for an unknown task
+        top_k = self._top_k[task]
+        mask = self.enabled_mask[t] if self._enabled[task] is not None else None
         # Routing in fp32 on purpose, even under autocast: bf16 logits would tie and
         # flip the top-k choices, and the softmax feeds the auxiliary losses.
         with torch.autocast(x.device.type, enabled=False):
@@ -132,11 +212,16 @@ class TaskRouter(nn.Module):
             if self.noise_weight is not None and self.training:
                 noise_std = F.softplus(h @ self.noise_weight[task].float()) + NOISE_EPS
                 logits = logits + torch.randn_like(logits) * noise_std
+            if mask is not None:
+                logits = logits.masked_fill(~mask, float('-inf'))
             probs = logits.softmax(dim=-1)
             # A stable sort (not topk) so that ties, e.g. every expert equally likely
             # after zero initialisation, deterministically go to the lower index.
-            top_probs, indices = probs.sort(dim=-1, descending=True, stable=True)
-            top_probs, indices = top_probs[:, :self.top_k], indices[:, :self.top_k]
+            # Disabled experts sort below enabled ones whose probability underflows.
+            # (k <= enabled experts, so the top k keys are probabilities.)
+            key = probs if mask is None else probs.masked_fill(~mask, -1.)
+            top_probs, indices = key.sort(dim=-1, descending=True, stable=True)
+            top_probs, indices = top_probs[:, :top_k], indices[:, :top_k]
             if self.cfg.renormalize:
                 gates = top_probs / top_probs.sum(dim=-1, keepdim=True)
             else:
@@ -148,7 +233,16 @@ class TaskRouter(nn.Module):
         return (f'tasks={list(self.task_names)}, num_experts={self.num_experts}, '
                 f'top_k={self.top_k}, hidden={cfg.hidden}, bias={cfg.bias}, '
                 f'noisy_gating={cfg.noisy_gating}, renormalize={cfg.renormalize}, '
-                f'init={cfg.init!r}')
+                f'init={cfg.init!r}{self._compute_repr()}')
+
+    def _compute_repr(self) -> str:
+        """The tasks' compute settings that differ from the defaults."""
+        changed = {
+            task: dict(top_k=self._top_k[task], enabled=self._enabled[task])
+            for task in self.task_names
+            if self._top_k[task] != self.top_k or self._enabled[task] is not None
+        }
+        return f', compute={changed}' if changed else ''
 
 
 def _linear(x: torch.Tensor, weights: nn.ParameterDict,

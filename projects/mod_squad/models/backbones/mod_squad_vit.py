@@ -1,7 +1,7 @@
 """ModSquadViT: a vision transformer whose blocks are task-routed mixtures of experts."""
 import math
 import warnings
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -14,7 +14,8 @@ from mmengine.model.weight_init import trunc_normal_
 from mmengine.runner.checkpoint import CheckpointLoader
 from mmpretrain.models.utils import resize_pos_embed
 
-from mod_squad.moe import RouterConfig, check_task_names
+from mod_squad.moe import (MoAttention, RoutedLayer, RouterConfig, check_task_names,
+                           routed_layers)
 from mod_squad.registry import register_model
 from .mod_squad_block import ModSquadBlock
 from .vit_checkpoint import check_state_dict, convert_to_mod_squad
@@ -58,12 +59,18 @@ class ModSquadViT(BaseModule):
         moe_layers (str | dict): Which blocks hold mixtures: ``'alternate'`` (MoA on
             even blocks, MoE MLP on odd, as Mod-Squad), ``'mlp'`` (MoE MLP in every
             block), ``'none'``, or ``dict(moa=[...], mlp=[...])``.
-        num_experts (int): MLP experts per MoE MLP. Defaults to 16.
-        top_k (int): Experts per token in an MoE MLP. Defaults to 4.
+        num_experts (int | Sequence): MLP experts per MoE MLP. Defaults to 16.
+        top_k (int | Sequence): Experts per token in an MoE MLP. Defaults to 4.
         expert_hidden (int, optional): Hidden width of an MLP expert
             (default: ``feedforward_channels // top_k``, so k experts cost one MLP).
-        num_attn_experts (int, optional): Head experts per MoA (default: 2 x heads).
-        attn_top_k (int, optional): Heads per token in an MoA (default: heads).
+        num_attn_experts (int | Sequence, optional): Head experts per MoA
+            (default: 2 x heads).
+        attn_top_k (int | Sequence, optional): Heads per token in an MoA
+            (default: heads).
+            These four counts take one int for every mixture, or one entry per
+            block (``num_layers`` entries; those of blocks without that mixture
+            are ignored and may be None, None elsewhere means the default), e.g.
+            for a model extracted with a different number of experts per layer.
         attn_head_dims (int, optional): Width of a MoA head expert (default: C / heads;
             the authors' ViT-B: 2 x C / heads = 128).
         router_cfg (dict, optional): :class:`mod_squad.moe.RouterConfig` fields, built
@@ -72,6 +79,16 @@ class ModSquadViT(BaseModule):
             default, or ``'trunc_normal'``), ``bias``, ``eps``, ``impl`` and
             ``aux_loss`` (:class:`mod_squad.moe.MoEAuxLossConfig` fields: mutual
             information loss form and weight, switch and z losses, ``eps``).
+        inference_top_k (dict, optional): Per task, the experts per token of every
+            routed layer, ``dict(det=2)``, or per layer kind,
+            ``dict(det=dict(mlp=2, attn=6))`` (a kind left out keeps its built
+            k); tasks left out keep the built k. See :meth:`set_compute`.
+        enabled_experts (dict, optional): Per task, the experts its routers may
+            choose, by block index: ``dict(det={1: [0, 3, 5, 9]})``, or
+            ``{0: dict(attn=[...], mlp=[...])}`` for a block holding both
+            mixtures; blocks left out enable all experts. See :meth:`set_compute`.
+            From ``--cfg-options``: ``model.backbone.inference_top_k.det=2``,
+            ``model.backbone.enabled_experts.det.1=[0,3,5,9]``.
         task_embed (bool | dict): A learned embedding per task added to the tokens
             before every block. True (default) means ``dict(per_block=True,
             init_std=0.)``: one vector per block (``task_embed.<task>`` (L, C)),
@@ -135,13 +152,15 @@ class ModSquadViT(BaseModule):
                  final_norm: bool = True,
                  frozen_stages: int = -1,
                  moe_layers: Union[str, dict] = 'alternate',
-                 num_experts: int = 16,
-                 top_k: int = 4,
+                 num_experts: Union[int, Sequence[Optional[int]]] = 16,
+                 top_k: Union[int, Sequence[Optional[int]]] = 4,
                  expert_hidden: Optional[int] = None,
-                 num_attn_experts: Optional[int] = None,
-                 attn_top_k: Optional[int] = None,
+                 num_attn_experts: Union[None, int, Sequence[Optional[int]]] = None,
+                 attn_top_k: Union[None, int, Sequence[Optional[int]]] = None,
                  attn_head_dims: Optional[int] = None,
                  router_cfg: Optional[dict] = None,
+                 inference_top_k: Optional[dict] = None,
+                 enabled_experts: Optional[dict] = None,
                  task_embed: Union[bool, dict] = True,
                  drop_rate: float = 0.,
                  attn_drop_rate: float = 0.,
@@ -189,14 +208,20 @@ class ModSquadViT(BaseModule):
         self.task_embed = self._build_task_embed(task_embed, num_layers, embed_dims)
 
         moa_layers, mlp_layers = self._moe_layout(moe_layers, num_layers)
-        moa = dict(
-            num_experts=num_attn_experts or 2 * num_heads,
-            top_k=attn_top_k or num_heads,
-            head_dims=attn_head_dims or embed_dims // num_heads)
-        moe_mlp = dict(
-            num_experts=num_experts,
-            top_k=top_k,
-            hidden_features=expert_hidden or feedforward_channels // top_k)
+        moa = {
+            i: dict(num_experts=e, top_k=k,
+                    head_dims=attn_head_dims or embed_dims // num_heads)
+            for i, (e, k) in self._expert_counts(
+                moa_layers, ('num_attn_experts', num_attn_experts, 2 * num_heads),
+                ('attn_top_k', attn_top_k, num_heads)).items()
+        }
+        moe_mlp = {
+            i: dict(num_experts=e, top_k=k,
+                    hidden_features=expert_hidden or feedforward_channels // k)
+            for i, (e, k) in self._expert_counts(
+                mlp_layers, ('num_experts', num_experts, None),
+                ('top_k', top_k, None)).items()
+        }
         self.router_cfg = RouterConfig.build(router_cfg)
         dpr = torch.linspace(0, drop_path_rate, num_layers).tolist()
         self.layers = nn.ModuleList(
@@ -205,8 +230,8 @@ class ModSquadViT(BaseModule):
                 num_heads,
                 feedforward_channels,
                 task_names=self.task_names,
-                moa=moa if i in moa_layers else None,
-                moe_mlp=moe_mlp if i in mlp_layers else None,
+                moa=moa.get(i),
+                moe_mlp=moe_mlp.get(i),
                 router_cfg=self.router_cfg,
                 window_size=0 if i in global_attn_indexes else window_size,
                 drop_rate=drop_rate,
@@ -231,6 +256,7 @@ class ModSquadViT(BaseModule):
                              f'(none) to num_layers={num_layers} (all).')
         self.frozen_stages = frozen_stages
         self._freeze_stages()
+        self._init_compute(inference_top_k, enabled_experts)
 
     @staticmethod
     def _pretrained_init_cfg(pretrained: Optional[str],
@@ -299,6 +325,34 @@ class ModSquadViT(BaseModule):
         raise ValueError(f"moe_layers must be 'alternate', 'mlp', 'none' or "
                          f"dict(moa=[...], mlp=[...]), got {moe_layers!r}.")
 
+    def _expert_counts(self, blocks: set, experts: tuple,
+                       top_k: tuple) -> Dict[int, Tuple[int, int]]:
+        """{block: (E, k)} of one mixture kind; ``experts`` and ``top_k`` are
+        (argument name, value, default or None)."""
+        num_experts, ks = (self._per_block(blocks, *arg) for arg in (experts, top_k))
+        for i in sorted(blocks):
+            if ks[i] > num_experts[i]:
+                raise ValueError(f'Block {i}: {top_k[0]}={ks[i]} must be in [1, '
+                                 f'{experts[0]}={num_experts[i]}].')
+        return {i: (num_experts[i], ks[i]) for i in sorted(blocks)}
+
+    def _per_block(self, blocks: set, name: str, value, default) -> Dict[int, int]:
+        """{block: int} of an argument given as one int or one entry per block."""
+        if isinstance(value, (list, tuple)):
+            if len(value) != self.num_layers:
+                raise ValueError(f'{name} must be an int or a sequence of one entry '
+                                 f'per block ({self.num_layers}), got {len(value)} '
+                                 f'entries: {list(value)}.')
+            values = {i: value[i] for i in blocks}
+        else:
+            values = dict.fromkeys(blocks, value)
+        for i, v in values.items():
+            if v is None and default is not None:
+                values[i] = default
+            elif isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f'Block {i}: {name} must be a positive int, got {v!r}.')
+        return values
+
     # --- task selection -------------------------------------------------------
     @property
     def task(self) -> str:
@@ -314,6 +368,119 @@ class ModSquadViT(BaseModule):
             raise ValueError(f'Unknown task {task!r}; this ModSquadViT has tasks '
                              f'{list(self.task_names)}.')
         return task
+
+    # --- compute control -------------------------------------------------------
+    def routed_layers(self) -> Dict[str, RoutedLayer]:
+        """Every mixture (MoA or MoE MLP) by name, ``'layers.<i>.attn'`` or
+        ``'layers.<i>.ffn'``, in block order."""
+        return routed_layers(self)
+
+    def _init_compute(self, inference_top_k: Optional[dict],
+                      enabled_experts: Optional[dict]) -> None:
+        """Apply the constructor's ``inference_top_k`` and ``enabled_experts``."""
+        settings = dict(inference_top_k=inference_top_k or {},
+                        enabled_experts=enabled_experts or {})
+        examples = dict(inference_top_k='inference_top_k.det=2',
+                        enabled_experts='enabled_experts.det.1=[0,3]')
+        for name, value in settings.items():
+            if isinstance(value, str):
+                raise ValueError(
+                    f'{name} got the string {value!r}: --cfg-options does not parse '
+                    f'dicts; give one key per task, e.g. model.backbone.'
+                    f'{examples[name]}.')
+            if not isinstance(value, dict):
+                raise TypeError(f'{name} must be a dict by task, got {value!r}.')
+            unknown = sorted(set(value) - set(self.task_names))
+            if unknown:
+                raise ValueError(f'{name} names unknown tasks {unknown}; this '
+                                 f'ModSquadViT has tasks {list(self.task_names)}.')
+        for task in self.task_names:
+            if task in settings['inference_top_k'] or task in settings['enabled_experts']:
+                self.set_compute(task, settings['inference_top_k'].get(task),
+                                 settings['enabled_experts'].get(task))
+
+    def set_compute(self,
+                    task: str,
+                    top_k: Union[None, int, dict] = None,
+                    enabled_experts: Optional[dict] = None) -> None:
+        """Set how much of every mixture ``task`` runs, without retraining.
+
+        Replaces the task's previous settings; the routers apply them in training
+        and evaluation alike, and report them by ``top_k_of(task)`` and
+        ``enabled_experts_of(task)``. A lower k routes each token to fewer experts,
+        so the experts (MLP rows, MoA queries) really compute less; disabled experts
+        are left out of the softmax and never chosen.
+
+        Args:
+            task (str): Whose routers.
+            top_k (int | dict, optional): Experts per token of every mixture, or
+                ``dict(mlp=..., attn=...)`` per kind (a kind left out keeps its
+                built k). None: the built k (capped at the enabled experts).
+            enabled_experts (dict, optional): ``{block index: expert ids}`` for the
+                block's one mixture, or ``{block index: dict(attn=ids, mlp=ids)}``;
+                blocks left out enable all experts. Block keys may be strings of
+                digits (as ``--cfg-options`` gives them).
+        """
+        task = self.check_task(task)
+        top_ks = self._top_k_per_kind(task, top_k)
+        enabled = self._enabled_per_layer(task, enabled_experts or {})
+        layers = self.routed_layers()
+        before = {n: (m.top_k_of(task), m.enabled_experts_of(task))
+                  for n, m in layers.items()}
+        try:
+            for name, layer in layers.items():
+                kind = 'attn' if isinstance(layer, MoAttention) else 'mlp'
+                try:
+                    layer.router.set_compute(task, top_ks[kind], enabled.get(name))
+                except ValueError as error:
+                    raise ValueError(f'{name}: {error}') from None
+        except ValueError:
+            for name, (k, experts) in before.items():  # all or nothing
+                layers[name].router.set_compute(task, k, experts)
+            raise
+
+    @staticmethod
+    def _top_k_per_kind(task: str, top_k: Union[None, int, dict]) -> dict:
+        """``{'attn': k or None, 'mlp': k or None}`` from set_compute's ``top_k``."""
+        if not isinstance(top_k, dict):
+            return dict(attn=top_k, mlp=top_k)
+        unknown = sorted(set(top_k) - {'attn', 'mlp'})
+        if unknown:
+            raise ValueError(f"top_k of task {task!r} has unknown layer kinds "
+                             f"{unknown}; valid kinds are ['attn', 'mlp'].")
+        return dict(attn=top_k.get('attn'), mlp=top_k.get('mlp'))
+
+    def _enabled_per_layer(self, task: str, enabled: dict) -> Dict[str, list]:
+        """``{'layers.<i>.<part>': expert ids}`` from set_compute's
+        ``enabled_experts``."""
+        if not isinstance(enabled, dict):
+            raise TypeError(f'enabled_experts of task {task!r} must be a dict by block '
+                            f'index, e.g. {{1: [0, 3]}}, got {enabled!r}.')
+        parts = dict(attn='attn', mlp='ffn')
+        out = {}
+        for key, experts in enabled.items():
+            where = f'enabled_experts of task {task!r}, block {key!r}'
+            if not str(key).lstrip('-').isdigit() or not (
+                    -self.num_layers <= int(key) < self.num_layers):
+                raise ValueError(f'{where}: keys are block indices in [0, '
+                                 f'{self.num_layers}).')
+            i = int(key) % self.num_layers
+            layer = self.layers[i]
+            kinds = [k for k, is_moe in (('attn', layer.is_moa),
+                                         ('mlp', layer.is_moe_mlp)) if is_moe]
+            if not isinstance(experts, dict):
+                if len(kinds) != 1:
+                    raise ValueError(
+                        f'{where}: the block has {len(kinds)} mixtures {kinds}; give '
+                        "dict(attn=[...], mlp=[...]) for a block with both."
+                        if kinds else f'{where}: the block has no mixture of experts.')
+                experts = {kinds[0]: experts}
+            for kind, ids in experts.items():
+                if kind not in kinds:
+                    raise ValueError(f'{where}: no {kind!r} mixture there (it has '
+                                     f'{kinds}).')
+                out[f'layers.{i}.{parts[kind]}'] = ids
+        return out
 
     # --- frozen stages ---------------------------------------------------------
     def _frozen_modules(self) -> List[nn.Module]:
