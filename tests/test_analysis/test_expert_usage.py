@@ -41,8 +41,8 @@ def test_report_equals_a_hand_count_on_moa_and_mlp(tmp_path):
     tokens = {'a': 3 * 5, 'b': 2 * 5}  # images x (cls + 2x2 patches)
     picks = {('attn', 'a'): [0, 1, 0, 1], ('ffn', 'a'): [1, 1, 0, 0],
              ('attn', 'b'): [1, 0, 0, 1], ('ffn', 'b'): [0, 0, 1, 1]}
-    assert [(l.name, l.kind) for l in report.layers] == [('layers.0.attn', 'MoA'),
-                                                          ('layers.1.ffn', 'MLP')]
+    assert [(layer.name, layer.kind) for layer in report.layers] == [
+        ('layers.0.attn', 'MoA'), ('layers.1.ffn', 'MLP')]
     for layer, part in zip(report.layers, ('attn', 'ffn')):
         assert layer.top_k == {'a': 2, 'b': 2}
         for t, task in enumerate(TASKS):
