@@ -9,3 +9,5 @@ from .complexity import (Complexity, ParamCount, analyze_complexity,  # noqa: F4
                          count_parameters, moe_flop_analyzer)
 from .expert_usage import (LayerUsage, UsageReport, collect_usage,  # noqa: F401
                            format_summary, plot_usage, summarize)
+from .extraction import (ExtractedModel, extract_task_model,  # noqa: F401
+                         select_experts, task_usage)
