@@ -22,10 +22,11 @@ import os
 import os.path as osp
 
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from mod_squad.analysis import build_model
+from mod_squad.analysis.cli import load_config
 from mod_squad.analysis.accuracy_vs_compute import (ComputeSetting, evaluate_setting,
                                                     plot_accuracy_vs_compute,
                                                     results_table, save_results)
@@ -65,9 +66,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     model = build_model(cfg, args.checkpoint, args.device)
     dataloaders = build_task_dataloaders(cfg, args.split, args.task)
     tasks = list(dataloaders)

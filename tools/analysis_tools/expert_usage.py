@@ -26,13 +26,14 @@ import os
 import os.path as osp
 
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 from mod_squad.analysis import build_model
+from mod_squad.analysis.cli import (add_selection_arguments, load_config,
+                                    selection_from_args)
 from mod_squad.analysis.expert_usage import (build_task_dataloaders,
                                              collect_usage, format_summary,
                                              plot_usage, summarize)
-from mod_squad.moe import ExpertSelection
 
 
 def parse_args(argv=None):
@@ -49,13 +50,7 @@ def parse_args(argv=None):
     parser.add_argument('--stat', choices=['counts', 'prob_mass'], default='counts',
                         help='what the heatmap shows: share of top-k picks (counts) or '
                         'of routing mass (prob_mass)')
-    select = parser.add_mutually_exclusive_group()
-    select.add_argument('--threshold', type=float,
-                        help='keep an expert whose share of picks (%%) exceeds '
-                        'THRESHOLD / k (default: 3, the authors\')')
-    select.add_argument('--keep-ratio', type=float,
-                        help='keep this ratio of each layer\'s experts, most used first')
-    select.add_argument('--keep', type=int, help='keep N experts per layer')
+    add_selection_arguments(parser)
     parser.add_argument('--device',
                         default='cuda' if torch.cuda.is_available() else 'cpu',
                         help='device to run the model on (default: cuda if available)')
@@ -69,10 +64,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    selection = ExpertSelection(args.threshold, args.keep_ratio, args.keep)
+    cfg = load_config(args.config, args.cfg_options)
+    selection = selection_from_args(args)
     model = build_model(cfg, args.checkpoint, args.device)
     dataloaders = build_task_dataloaders(cfg, args.split, args.task)
     source = (f'{args.split} split of {osp.basename(args.config)}, '

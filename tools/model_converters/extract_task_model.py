@@ -32,15 +32,17 @@ import argparse
 import os.path as osp
 
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.runner.checkpoint import CheckpointLoader
 from terminaltables import AsciiTable
 
 from mod_squad.analysis import build_model, count_parameters
+from mod_squad.analysis.cli import (add_selection_arguments, load_config,
+                                    selection_from_args)
 from mod_squad.analysis.extraction import (USAGE_SOURCES, extract_task_model,
                                            load_usage, select_experts,
                                            task_dataset_meta, task_usage)
-from mod_squad.moe import ExpertSelection, usage_share
+from mod_squad.moe import usage_share
 
 
 def parse_args(argv=None):
@@ -50,13 +52,7 @@ def parse_args(argv=None):
     parser.add_argument('checkpoint', help='multi-task checkpoint file')
     parser.add_argument('--task', nargs='+', required=True, help='tasks to extract')
     parser.add_argument('--out-dir', required=True, help='where to write the models')
-    select = parser.add_mutually_exclusive_group()
-    select.add_argument('--threshold', type=float,
-                        help='keep an expert whose share of picks (%%) exceeds '
-                        'THRESHOLD / k (default: 3, the authors\')')
-    select.add_argument('--keep-ratio', type=float,
-                        help='keep this ratio of each layer\'s experts, most used first')
-    select.add_argument('--keep', type=int, help='keep N experts per layer')
+    add_selection_arguments(parser)
     parser.add_argument('--usage', default='auto',
                         help=f'usage to select by: one of {USAGE_SOURCES} or a '
                         'usage.json (default: auto, see the module doc)')
@@ -89,10 +85,8 @@ def kept_table(task: str, kept: dict, top_k: dict, usage: dict) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    selection = ExpertSelection(args.threshold, args.keep_ratio, args.keep)
+    cfg = load_config(args.config, args.cfg_options)
+    selection = selection_from_args(args)
     top_k = dict(mlp=args.top_k, attn=args.attn_top_k)
     model = build_model(cfg, args.checkpoint)
     checkpoint = CheckpointLoader.load_checkpoint(args.checkpoint, map_location='cpu')
