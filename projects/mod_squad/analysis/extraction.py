@@ -53,7 +53,8 @@ ROUTER_EXPERT_PARAMS = ('weight', 'bias', 'noise_weight')
 REPLACED_BACKBONE_ARGS = ('type', 'out_type', 'out_indices', 'pyramid_scales',
                           'task_names', 'num_experts', 'top_k', 'num_attn_experts',
                           'attn_top_k', 'expert_hidden', 'attn_head_dims',
-                          'inference_top_k', 'enabled_experts', 'init_cfg', 'pretrained')
+                          'inference_top_k', 'enabled_experts', 'trainable', 'init_cfg',
+                          'pretrained')
 #: Per toolbox: the visualizer and visualization hook of its stock runtime.
 TOOLBOX_RUNTIME = {
     'mmdet': ('DetLocalVisualizer', 'DetVisualizationHook'),

@@ -12,6 +12,7 @@ from .resumable_checkpoint import find_resumable_checkpoint
 from .safe_checkpoint_hook import SafeCheckpointHook
 from .task_sampler_state_hook import TaskSamplerStateHook
 from .task_train_loop import TaskIterBasedTrainLoop
+from .trainable_params_hook import TrainableParamsHook
 
 __all__ = [
     'load_from_local', 'ExpertUsageHook', 'LayerDecayOptimWrapperConstructor',
@@ -19,5 +20,5 @@ __all__ = [
     'MultiTaskEvalLoop', 'MultiTaskValLoop', 'MultiTaskTestLoop', 'restrict_tasks',
     'MultiTaskVisualizationHook', 'AtomicLocalBackend', 'RandomStateHook',
     'SafeCheckpointHook', 'find_resumable_checkpoint',
-    'TaskSamplerStateHook', 'TaskIterBasedTrainLoop'
+    'TaskSamplerStateHook', 'TaskIterBasedTrainLoop', 'TrainableParamsHook'
 ]

@@ -13,6 +13,8 @@
 - :mod:`.stats`: :class:`ExpertUsage` (cumulative and running per-task expert usage)
   and its readers.
 - :mod:`.selection`: :class:`ExpertSelection`, the experts a task keeps (pruning).
+- :mod:`.partial`: :func:`train_experts`, some experts of a layer train, the others
+  stay frozen (:class:`ExpertRows`).
 """
 from .config import MoEAuxLossConfig, RouterConfig
 from .dispatch import TokenDispatch
@@ -21,6 +23,7 @@ from .losses import (RouterAuxLoss, collect_aux_losses, mutual_information_loss,
                      switch_loss)
 from .moa import MoAttention
 from .moe_mlp import MoEMLP
+from .partial import ExpertRows, expert_stacks, train_experts, trainable_experts
 from .routed_layer import RoutedLayer, routed_layers
 from .router import RouterOutput, TaskRouter, check_task_names
 from .selection import ExpertSelection
@@ -35,5 +38,6 @@ __all__ = [
     'collect_aux_losses', 'mutual_information_loss', 'switch_loss', 'ExpertUsage',
     'expert_usage_modules', 'stack_expert_usage', 'reset_expert_usage',
     'all_reduce_expert_usage', 'usage_share', 'usage_entropy', 'num_experts_used',
-    'experts_to_cover', 'ExpertSelection'
+    'experts_to_cover', 'ExpertSelection', 'ExpertRows', 'expert_stacks',
+    'train_experts', 'trainable_experts'
 ]

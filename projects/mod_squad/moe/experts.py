@@ -106,6 +106,8 @@ class GroupedExperts(nn.Module):
         act_layer (type): Activation. Defaults to ``nn.GELU``.
         drop (float): Dropout after the activation.
     """
+    #: The stacked per-expert tensors (see :func:`~.partial.train_experts`).
+    EXPERT_STACKS = ('w1', 'b1', 'w2', 'b2')
 
     def __init__(self,
                  num_experts: int,

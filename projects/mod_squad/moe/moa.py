@@ -37,6 +37,8 @@ class MoAttention(RoutedLayer):
         router_cfg (RouterConfig, optional): See :class:`~.routed_layer.RoutedLayer`;
             its ``impl`` picks the path of the per-expert projections.
     """
+    #: The stacked per-expert tensors (see :func:`~.partial.train_experts`).
+    EXPERT_STACKS = ('q_proj', 'q_bias', 'o_proj')
 
     def __init__(self,
                  embed_dims: int,
@@ -73,7 +75,8 @@ class MoAttention(RoutedLayer):
 
     def expert_parameters(self) -> List[nn.Parameter]:
         """Query and output projections; the key/value head is shared."""
-        return [p for p in (self.q_proj, self.q_bias, self.o_proj) if p is not None]
+        stacks = (getattr(self, name) for name in self.EXPERT_STACKS)
+        return [p for p in stacks if p is not None]
 
     def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:
         """x: (B, N, C) tokens of ``task`` -> (B, N, C)."""

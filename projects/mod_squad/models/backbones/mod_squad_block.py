@@ -10,6 +10,7 @@ from mmengine.model import BaseModule
 from mmpretrain.models.utils import MultiheadAttention
 
 from mod_squad.moe import MoAttention, MoEMLP, RouterConfig
+from mod_squad.moe.adapter import AdapterConfig, VMTAdapter
 
 
 def window_partition(x: torch.Tensor, hw: Tuple[int, int],
@@ -68,6 +69,8 @@ class ModSquadBlock(BaseModule):
             of both mixtures, passed to them unchanged.
         window_size (int): Attention inside windows of this side over the patch
             tokens; 0 means global attention. Defaults to 0.
+        adapter (AdapterConfig, optional): A :class:`VMTAdapter` in parallel to the
+            MLP (``adapter.*``). Defaults to None.
     """
 
     def __init__(self,
@@ -79,6 +82,7 @@ class ModSquadBlock(BaseModule):
                  moe_mlp: Optional[dict] = None,
                  router_cfg: Optional[RouterConfig] = None,
                  window_size: int = 0,
+                 adapter: Optional[AdapterConfig] = None,
                  drop_rate: float = 0.,
                  attn_drop_rate: float = 0.,
                  drop_path_rate: float = 0.,
@@ -116,6 +120,8 @@ class ModSquadBlock(BaseModule):
                 ffn_drop=drop_rate,
                 act_cfg=dict(type='GELU'),
                 add_identity=False)
+        self.adapter = (VMTAdapter(embed_dims, task_names, adapter)
+                        if adapter is not None else None)
         self.drop_path = DropPath(drop_path_rate)
 
     @property
@@ -141,5 +147,7 @@ class ModSquadBlock(BaseModule):
             y = self._attention(y, task)
         x = x + self.drop_path(y)
         y = self.ln2(x)
-        y = self.ffn(y, task) if self.is_moe_mlp else self.ffn(y)
-        return x + self.drop_path(y)
+        out = self.ffn(y, task) if self.is_moe_mlp else self.ffn(y)
+        if self.adapter is not None:
+            out = out + self.adapter(y, task)
+        return x + self.drop_path(out)

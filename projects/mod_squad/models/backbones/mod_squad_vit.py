@@ -16,7 +16,9 @@ from mmpretrain.models.utils import resize_pos_embed
 
 from mod_squad.moe import (MoAttention, RoutedLayer, RouterConfig, check_task_names,
                            routed_layers)
+from mod_squad.moe.adapter import AdapterConfig
 from mod_squad.registry import register_model
+from ..fine_tuning import TrainableConfig, apply_trainable
 from .mod_squad_block import ModSquadBlock
 from .vit_checkpoint import check_state_dict, convert_to_mod_squad
 from .vit_outputs import ViTOutputs
@@ -56,6 +58,13 @@ class ModSquadViT(BaseModule):
             and stay in eval mode (no dropout, drop path, noisy gating or auxiliary
             losses); n = ``num_layers`` also freezes the final norm and the
             ``'avg_featmap'`` norm. -1 (default) or 0 freeze nothing.
+        trainable (dict, optional): Fine-tuning mode, the fields of
+            :class:`mod_squad.models.fine_tuning.TrainableConfig`: what trains, set
+            at build (``requires_grad``, some experts of a stack split off), e.g.
+            ``dict(mode='routers')``, ``dict(mode='top_experts', task='cls',
+            top_n=4, usage='iter_2000.pth')``, ``dict(mode='experts', last=2)``,
+            ``dict(mode='heads')``. None (default): everything trains.
+            ``frozen_stages`` applies on top.
         moe_layers (str | dict): Which blocks hold mixtures: ``'alternate'`` (MoA on
             even blocks, MoE MLP on odd, as Mod-Squad), ``'mlp'`` (MoE MLP in every
             block), ``'none'``, or ``dict(moa=[...], mlp=[...])``.
@@ -95,6 +104,12 @@ class ModSquadViT(BaseModule):
             zero-initialised; ``per_block=False`` gives one (C,) vector shared by all
             blocks, and ``init_std`` > 0 a normal initialisation (the authors: shared,
             std 1). False for none.
+        adapter (dict, optional): :class:`mod_squad.moe.adapter.AdapterConfig`
+            fields: a VMT-Adapter in parallel to the MLP of every block (or of
+            ``blocks``), ``dict(type='vmt' | 'vmt_lite', dims=r, task_module=
+            'scale_shift' | 'linear')``; zero-initialised, so outputs equal the
+            model's without it. ``trainable=dict(mode='adapters')`` trains only
+            them. None (default) for none.
         window_size (int): Window attention in all blocks but ``global_attn_indexes``
             (ViTDet); 0 for global attention everywhere. Needs ``with_cls_token=False``.
         pyramid_scales (Sequence[float]): Scales of the ``'pyramid'`` output.
@@ -151,6 +166,7 @@ class ModSquadViT(BaseModule):
                  with_cls_token: bool = True,
                  final_norm: bool = True,
                  frozen_stages: int = -1,
+                 trainable: Optional[dict] = None,
                  moe_layers: Union[str, dict] = 'alternate',
                  num_experts: Union[int, Sequence[Optional[int]]] = 16,
                  top_k: Union[int, Sequence[Optional[int]]] = 4,
@@ -162,6 +178,7 @@ class ModSquadViT(BaseModule):
                  inference_top_k: Optional[dict] = None,
                  enabled_experts: Optional[dict] = None,
                  task_embed: Union[bool, dict] = True,
+                 adapter: Optional[dict] = None,
                  drop_rate: float = 0.,
                  attn_drop_rate: float = 0.,
                  drop_path_rate: float = 0.,
@@ -223,6 +240,8 @@ class ModSquadViT(BaseModule):
                 ('top_k', top_k, None)).items()
         }
         self.router_cfg = RouterConfig.build(router_cfg)
+        self.adapter_cfg = AdapterConfig.build(adapter) if adapter is not None else None
+        adapter_blocks = self._adapter_blocks(self.adapter_cfg)
         dpr = torch.linspace(0, drop_path_rate, num_layers).tolist()
         self.layers = nn.ModuleList(
             ModSquadBlock(
@@ -234,6 +253,7 @@ class ModSquadViT(BaseModule):
                 moe_mlp=moe_mlp.get(i),
                 router_cfg=self.router_cfg,
                 window_size=0 if i in global_attn_indexes else window_size,
+                adapter=self.adapter_cfg if i in adapter_blocks else None,
                 drop_rate=drop_rate,
                 attn_drop_rate=attn_drop_rate,
                 drop_path_rate=dpr[i],
@@ -255,6 +275,8 @@ class ModSquadViT(BaseModule):
             raise ValueError(f'frozen_stages={frozen_stages} out of range: -1 or 0 '
                              f'(none) to num_layers={num_layers} (all).')
         self.frozen_stages = frozen_stages
+        self.trainable_cfg = TrainableConfig.build(trainable)
+        self.trained_experts = apply_trainable(self, self.trainable_cfg)
         self._freeze_stages()
         self._init_compute(inference_top_k, enabled_experts)
 
@@ -309,6 +331,19 @@ class ModSquadViT(BaseModule):
             if cfg['init_std'] > 0:
                 nn.init.normal_(embeds[task], std=cfg['init_std'])
         return embeds
+
+    def _adapter_blocks(self, cfg: Optional[AdapterConfig]) -> set:
+        """Indices of the blocks with an adapter."""
+        if cfg is None:
+            return set()
+        if cfg.blocks is None:
+            return set(range(self.num_layers))
+        bad = [i for i in cfg.blocks if isinstance(i, bool) or not isinstance(i, int)
+               or not -self.num_layers <= i < self.num_layers]
+        if bad or not cfg.blocks:
+            raise ValueError(f'adapter blocks must be block indices in [0, '
+                             f'{self.num_layers}), got {list(cfg.blocks)}.')
+        return {i % self.num_layers for i in cfg.blocks}
 
     @staticmethod
     def _moe_layout(moe_layers, num_layers) -> Tuple[set, set]:
@@ -484,7 +519,10 @@ class ModSquadViT(BaseModule):
 
     # --- frozen stages ---------------------------------------------------------
     def _frozen_modules(self) -> List[nn.Module]:
-        """The modules ``frozen_stages`` freezes (kept in eval mode by :meth:`train`)."""
+        """The modules ``frozen_stages`` freezes (kept in eval mode by :meth:`train`);
+        in the ``'heads'`` mode, all but ``outputs``."""
+        if self.trainable_cfg.mode == 'heads':
+            return [m for name, m in self.named_children() if name != 'outputs']
         if self.frozen_stages <= 0:
             return []
         modules = [self.patch_embed, self.drop_after_pos,
