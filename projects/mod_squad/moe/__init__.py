@@ -15,7 +15,10 @@
 - :mod:`.selection`: :class:`ExpertSelection`, the experts a task keeps (pruning).
 - :mod:`.partial`: :func:`train_experts`, some experts of a layer train, the others
   stay frozen (:class:`ExpertRows`).
+- :mod:`.adapter`: :class:`VMTAdapter` and :class:`AdapterConfig`, a multi-task
+  adapter (VMT-Adapter) beside the MLP of a block.
 """
+from .adapter import AdapterConfig, VMTAdapter, adapter_modules
 from .config import MoEAuxLossConfig, RouterConfig
 from .dispatch import TokenDispatch
 from .experts import GroupedExperts, grouped_linear, grouped_mm_supported
@@ -39,5 +42,6 @@ __all__ = [
     'expert_usage_modules', 'stack_expert_usage', 'reset_expert_usage',
     'all_reduce_expert_usage', 'usage_share', 'usage_entropy', 'num_experts_used',
     'experts_to_cover', 'ExpertSelection', 'ExpertRows', 'expert_stacks',
-    'train_experts', 'trainable_experts'
+    'train_experts', 'trainable_experts', 'AdapterConfig', 'VMTAdapter',
+    'adapter_modules'
 ]
