@@ -5,8 +5,9 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 from mod_squad.engine import restrict_tasks
-from mod_squad.engine.launch import (add_runner_args, init_cpu_process_group,
-                                     load_config)
+from mod_squad.engine.launch import (add_runner_args, dump_predictions,
+                                     init_cpu_process_group, load_config,
+                                     show_predictions)
 
 
 def parse_args(argv=None):
@@ -22,6 +23,14 @@ def parse_args(argv=None):
         '--task',
         nargs='+',
         help='evaluate only these tasks of a multi-task config (default: all)')
+    parser.add_argument(
+        '--out',
+        help='dump predictions to this pickle file (a multi-task config: one file '
+        'per task, <stem>_<task>.pkl); load only files you trust')
+    parser.add_argument(
+        '--show-dir',
+        help='paint the predictions of every test image into this directory, '
+        'one sub-directory per task')
     add_runner_args(parser)
     args = parser.parse_args(argv)
     if (args.checkpoint is None) != args.untrained:
@@ -35,6 +44,10 @@ def main(argv=None):
     if args.task is not None:
         restrict_tasks(cfg, args.task)
     cfg.load_from = args.checkpoint
+    if args.out is not None:
+        dump_predictions(cfg, args.out)
+    if args.show_dir is not None:
+        show_predictions(cfg, args.show_dir)
     init_cpu_process_group(cfg)
     runner = Runner.from_cfg(cfg)
     if args.untrained:

@@ -43,3 +43,22 @@ def test_untrained_evaluates_the_seeded_initialisation(tool, demo_cfg, synthetic
     torch.save(dict(state_dict=model.state_dict()), checkpoint)
     assert evaluate(str(checkpoint))['cls/accuracy/top1'] == pytest.approx(
         100 / num_classes)
+
+
+def test_out_and_show_dir(tool, demo_cfg, tmp_path):
+    import glob
+
+    from mmengine.fileio import load
+    for task in ('cls', 'seg'):
+        demo_cfg.test_dataloader[task].update(num_workers=0, persistent_workers=False)
+    config = tmp_path / 'demo.py'
+    demo_cfg.dump(config)
+    tool.main([str(config), '--untrained', '--task', 'cls', 'seg', '--work-dir',
+               str(tmp_path), '--out', str(tmp_path / 'preds.pkl'), '--show-dir',
+               str(tmp_path / 'show')])
+    for task in ('cls', 'seg'):
+        preds = load(tmp_path / f'preds_{task}.pkl')  # our own file: unpickling is safe
+        assert len(preds) == len(glob.glob(str(tmp_path / 'show' / task / '**' / '*.png'),
+                                          recursive=True)) > 0, task
+    assert 'pred_label' in preds[0] or 'pred_sem_seg' in preds[0]
+    assert not (tmp_path / 'preds_det.pkl').exists()

@@ -46,8 +46,8 @@ import torch
 import torch.nn as nn
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from mod_squad.moe import ExpertSelection, MoAttention, RoutedLayer, train_experts
-from mod_squad.moe import adapter_modules
+from mod_squad.moe import (ExpertSelection, MoAttention, RoutedLayer, adapter_modules,
+                           train_experts)
 from mod_squad.moe.config import _from_dict
 
 MODES = ('full', 'routers', 'top_experts', 'experts', 'adapters', 'heads')
