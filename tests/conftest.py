@@ -3,7 +3,9 @@ runs on a machine with only PyTorch."""
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 DEMO_CONFIG = 'configs/mod_squad/mod-squad_vit-demo_2k_synthetic-cls-det-seg.py'
 DEMO_DATA_ROOT = 'data/synthetic/'
@@ -94,3 +96,37 @@ def demo_cfg(synthetic_root):
     from mmengine.config import Config
     cfg = Config.fromfile(DEMO_CONFIG)
     return Config(retarget(cfg.to_dict(), DEMO_DATA_ROOT, f'{synthetic_root}/'))
+
+
+@pytest.fixture(scope='module')
+def demo_checkpoint(tmp_path_factory):
+    """The demo model as initialised (seeded), saved with the tasks'
+    ``dataset_meta`` as mmengine's runner saves it; returns (config, path)."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from mod_squad.registry import MODELS
+    cfg = Config.fromfile(DEMO_CONFIG)
+    init_default_scope('mod_squad')
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    meta = dict(cls=dict(classes=cfg.cls_classes), det=dict(classes=cfg.det_classes),
+                seg=dict(classes=cfg.seg_classes,
+                         palette=[[20 * i, 255 - 20 * i, 0] for i in range(9)]))
+    path = tmp_path_factory.mktemp('ckpt') / 'demo.pth'
+    torch.save(dict(state_dict=model.state_dict(), meta=dict(dataset_meta=meta)), path)
+    return cfg, str(path)
+
+
+@pytest.fixture(scope='module')
+def image_file(tmp_path_factory):
+    """A (96, 128) BGR picture of two shapes on a gradient, as a .jpg."""
+    import mmcv
+    img = np.zeros((96, 128, 3), np.uint8)
+    img[..., 1] = np.linspace(0, 200, 128, dtype=np.uint8)
+    img[20:50, 10:40] = (0, 0, 255)
+    img[50:90, 70:120] = (255, 0, 0)
+    path = tmp_path_factory.mktemp('img') / 'shapes.jpg'
+    mmcv.imwrite(img, str(path))
+    return str(path)

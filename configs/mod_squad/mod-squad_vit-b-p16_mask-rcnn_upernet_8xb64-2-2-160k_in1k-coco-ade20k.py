@@ -24,3 +24,5 @@ _base_ = [
 ]
 
 default_hooks = dict(checkpoint=dict(save_best='det/coco/bbox_mAP', rule='greater'))
+# tools/train.py --auto-scale-lr: the lr is for 8 GPUs x 64 cls images per iteration.
+auto_scale_lr = dict(enable=False, base_batch_size=512, task='cls')

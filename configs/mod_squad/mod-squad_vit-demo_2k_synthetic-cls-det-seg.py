@@ -10,3 +10,6 @@ _base_ = [
 ]
 
 default_hooks = dict(checkpoint=dict(save_best='cls/accuracy/top1', rule='greater'))
+# tools/train.py --auto-scale-lr: the lr above is for 32 cls images per iteration
+# (1 process); with one task per iteration the batch counted is the cls one.
+auto_scale_lr = dict(enable=False, base_batch_size=32, task='cls')

@@ -53,15 +53,16 @@ def test_resume_option(tmp_path):
 def test_auto_scale_lr_counts_the_named_tasks_batch():
     from mod_squad.engine.launch import enable_auto_scale_lr
     cfg = load_config(parse())
-    with pytest.raises(RuntimeError, match='needs auto_scale_lr'):
-        enable_auto_scale_lr(cfg)
-    cfg.auto_scale_lr = dict(base_batch_size=64)
-    with pytest.raises(RuntimeError, match="auto_scale_lr.task=None"):
-        enable_auto_scale_lr(cfg)
-    cfg.auto_scale_lr = dict(base_batch_size=64, task='cls')
+    assert cfg.auto_scale_lr == dict(enable=False, base_batch_size=32, task='cls')
     enable_auto_scale_lr(cfg)
     assert cfg.auto_scale_lr.enable and cfg.train_dataloader.batch_size == 32
     assert cfg.train_dataloader.batch_sampler.batch_sizes == dict(cls=32, det=4, seg=4)
+    cfg.auto_scale_lr = dict(base_batch_size=64)
+    with pytest.raises(RuntimeError, match="auto_scale_lr.task=None"):
+        enable_auto_scale_lr(cfg)
+    cfg.pop('auto_scale_lr')
+    with pytest.raises(RuntimeError, match='needs auto_scale_lr'):
+        enable_auto_scale_lr(cfg)
 
 
 def test_auto_scale_lr_scales_by_the_task_batch(demo_cfg, tmp_path, load_script):
