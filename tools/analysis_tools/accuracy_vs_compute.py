@@ -26,13 +26,13 @@ from mmengine.config import DictAction
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from mod_squad.analysis import build_model
-from mod_squad.analysis.cli import load_config
 from mod_squad.analysis.accuracy_vs_compute import (ComputeSetting, evaluate_setting,
                                                     plot_accuracy_vs_compute,
                                                     results_table, save_results)
 from mod_squad.analysis.expert_usage import build_task_dataloaders
 from mod_squad.analysis.extraction import (USAGE_SOURCES, load_usage, select_experts,
                                            task_usage)
+from mod_squad.engine.launch import read_config
 from mod_squad.moe import ExpertSelection
 
 
@@ -66,7 +66,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = read_config(args.config, args.cfg_options)
     model = build_model(cfg, args.checkpoint, args.device)
     dataloaders = build_task_dataloaders(cfg, args.split, args.task)
     tasks = list(dataloaders)

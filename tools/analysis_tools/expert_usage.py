@@ -29,11 +29,11 @@ import torch
 from mmengine.config import DictAction
 
 from mod_squad.analysis import build_model
-from mod_squad.analysis.cli import (add_selection_arguments, load_config,
-                                    selection_from_args)
+from mod_squad.analysis.cli import add_selection_arguments, selection_from_args
 from mod_squad.analysis.expert_usage import (build_task_dataloaders,
                                              collect_usage, format_summary,
                                              plot_usage, summarize)
+from mod_squad.engine.launch import read_config
 
 
 def parse_args(argv=None):
@@ -64,7 +64,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = read_config(args.config, args.cfg_options)
     selection = selection_from_args(args)
     model = build_model(cfg, args.checkpoint, args.device)
     dataloaders = build_task_dataloaders(cfg, args.split, args.task)

@@ -37,11 +37,11 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from terminaltables import AsciiTable
 
 from mod_squad.analysis import build_model, count_parameters
-from mod_squad.analysis.cli import (add_selection_arguments, load_config,
-                                    selection_from_args)
+from mod_squad.analysis.cli import add_selection_arguments, selection_from_args
 from mod_squad.analysis.extraction import (USAGE_SOURCES, extract_task_model,
                                            load_usage, select_experts,
                                            task_dataset_meta, task_usage)
+from mod_squad.engine.launch import read_config
 from mod_squad.moe import usage_share
 
 
@@ -85,7 +85,7 @@ def kept_table(task: str, kept: dict, top_k: dict, usage: dict) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = read_config(args.config, args.cfg_options)
     selection = selection_from_args(args)
     top_k = dict(mlp=args.top_k, attn=args.attn_top_k)
     model = build_model(cfg, args.checkpoint)

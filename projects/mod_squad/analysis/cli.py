@@ -1,8 +1,5 @@
 """Command-line pieces shared by the analysis and conversion tools."""
 import argparse
-from typing import Optional
-
-from mmengine.config import Config
 
 from mod_squad.moe import ExpertSelection
 
@@ -21,11 +18,3 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
 
 def selection_from_args(args: argparse.Namespace) -> ExpertSelection:
     return ExpertSelection(args.threshold, args.keep_ratio, args.keep)
-
-
-def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
-    """The config at ``path`` with ``--cfg-options`` merged in."""
-    cfg = Config.fromfile(path)
-    if cfg_options is not None:
-        cfg.merge_from_dict(cfg_options)
-    return cfg

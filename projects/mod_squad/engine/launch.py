@@ -27,6 +27,14 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 
+def read_config(path: str, cfg_options: Optional[dict] = None) -> Config:
+    """The config at ``path`` with ``--cfg-options`` merged in."""
+    cfg = Config.fromfile(path)
+    if cfg_options is not None:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
 def load_config(args: argparse.Namespace) -> Config:
     """The config of ``args.config`` with the options of :func:`add_runner_args`
     applied: overrides, the work dir (default ``work_dirs/<config name>``) and the
@@ -34,10 +42,8 @@ def load_config(args: argparse.Namespace) -> Config:
     (NCCL needs GPUs) and wraps the model in DDP without device ids (mmengine gives
     it the local rank, a GPU index); see also :func:`init_cpu_process_group`."""
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    cfg = Config.fromfile(args.config)
+    cfg = read_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
