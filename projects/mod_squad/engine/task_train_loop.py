@@ -47,7 +47,10 @@ class TaskIterBasedTrainLoop(IterBasedTrainLoop):
         if no_branch:
             raise ValueError(f'Tasks {no_branch} of the training data have no branch in '
                              f'the model, whose branches are {list(branches)}.')
-        no_data = sorted(set(branches) - set(data_tasks))
+        # frozen branches (the old tasks of continual learning) need no data
+        modules = getattr(model, 'branches', {})
+        no_data = sorted(t for t in set(branches) - set(data_tasks) if t not in modules
+                         or any(p.requires_grad for p in modules[t].parameters()))
         if no_data:
             raise ValueError(f'Branches {no_data} of the model have no training dataset; '
                              f'the training data has tasks {list(data_tasks)}.')

@@ -8,6 +8,7 @@ from mod_squad.moe import collect_aux_losses
 from mod_squad.registry import MODELS
 from .backbones import SharedBackboneView
 from .branch_inputs import check_branch_inputs
+from .continual import freeze_old_branches
 from .multi_task_data_preprocessor import MultiTaskDataPreprocessor
 
 
@@ -78,6 +79,7 @@ class ModSquadMultiTaskModel(BaseModel):
             branch.backbone.bind(self.backbone, task)
             check_branch_inputs(task, branch)
         self.data_preprocessor.bind(self.branches)
+        freeze_old_branches(self)  # continual learning: a new task's branch trains
         loss_weights = dict(loss_weights or {})
         unknown = sorted(set(loss_weights) - set(branches))
         if unknown:

@@ -7,7 +7,12 @@ Compute control: each task's router also has its own k (by default the built
 A lower k gives the dispatch N * k slots, so the experts really compute less.
 
 A layer keeps its routers in parameter dicts keyed by task name (``weight.<task>``
-(D, E)), as the Mod-Squad code keeps one gate module per task. The routers of the
+(D, E)), as the Mod-Squad code keeps one gate module per task. A task's router may be
+narrower, ``(D, E_t)`` with E_t < E (:meth:`TaskRouter.num_experts_of`, set by
+:func:`~.growth.narrow_router`): it chooses among the first E_t experts only, with the
+same arithmetic as a router of E_t experts (so a layer grown by new experts for a new
+task computes its old tasks bit-identically); its probabilities and logits are padded
+to E with 0 and ``-inf``. The routers of the
 tasks absent from an iteration get no gradient (``None``), so optimisers such as AdamW
 leave them exactly as they are (no momentum or weight-decay drift), a checkpoint's
 routers load by task name, and under DDP ``find_unused_parameters=True`` is needed (as
@@ -29,7 +34,8 @@ class RouterOutput(NamedTuple):
     """Routing of N tokens over E experts, all fp32.
 
     Attributes:
-        probs: (N, E) softmax over the (enabled) experts; 0 for disabled ones.
+        probs: (N, E) softmax over the (enabled) experts; 0 for disabled ones (and
+            those beyond a narrowed router's E_t).
         indices: (N, k) chosen experts, most probable first; ties go to the lower
             index; k is the task's effective top-k (:meth:`TaskRouter.top_k_of`).
         gates: (N, k) weights of the chosen experts: their probabilities +
@@ -132,6 +138,11 @@ class TaskRouter(nn.Module):
                 if biases is not None:
                     nn.init.zeros_(biases[task])
 
+    def num_experts_of(self, task: str) -> int:
+        """E_t: ``task``'s router chooses among experts 0 to E_t - 1."""
+        self.task_index(task)
+        return self.weight[task].shape[-1]
+
     def task_index(self, task: str) -> int:
         """Position of ``task`` in :attr:`task_names` (its row in per-task statistics)."""
         try:
@@ -150,7 +161,7 @@ class TaskRouter(nn.Module):
         """Sorted ids of the experts ``task``'s router may choose."""
         self.task_index(task)
         enabled = self._enabled[task]
-        return list(range(self.num_experts)) if enabled is None else list(enabled)
+        return list(range(self.num_experts_of(task))) if enabled is None else list(enabled)
 
     def set_compute(self,
                     task: str,
@@ -160,38 +171,39 @@ class TaskRouter(nn.Module):
 
         Args:
             task (str): Whose router.
-            top_k (int, optional): k in [1, E], at most the number of enabled
+            top_k (int, optional): k in [1, E_t], at most the number of enabled
                 experts. None: the built ``top_k``, capped at the number of enabled
                 experts.
-            enabled_experts (Sequence[int], optional): Expert ids in [0, E). None:
-                all experts.
+            enabled_experts (Sequence[int], optional): Expert ids in [0, E_t).
+                None: all E_t experts.
         """
         t = self.task_index(task)
+        num_experts = self.num_experts_of(task)
         enabled = None
         if enabled_experts is not None:
             enabled = sorted(set(int(e) for e in enabled_experts))
             if len(enabled) != len(enabled_experts):
                 raise ValueError(f'enabled_experts of task {task!r} repeat an expert: '
                                  f'{list(enabled_experts)}.')
-            outside = [e for e in enabled if not 0 <= e < self.num_experts]
+            outside = [e for e in enabled if not 0 <= e < num_experts]
             if outside or not enabled:
                 raise ValueError(
                     f'enabled_experts of task {task!r} must be a non-empty list of '
-                    f'expert ids in [0, {self.num_experts}), got '
+                    f'expert ids in [0, {num_experts}), got '
                     f'{list(enabled_experts)}.')
-        num_enabled = self.num_experts if enabled is None else len(enabled)
+        num_enabled = num_experts if enabled is None else len(enabled)
         if top_k is None:
             top_k = min(self.top_k, num_enabled)
         elif isinstance(top_k, bool) or not isinstance(top_k, int) or not (
-                0 < top_k <= self.num_experts):
+                0 < top_k <= num_experts):
             raise ValueError(f'top_k of task {task!r} must be an int in [1, '
-                             f'num_experts={self.num_experts}], got {top_k!r}.')
+                             f'num_experts={num_experts}], got {top_k!r}.')
         elif top_k > num_enabled:
             raise ValueError(f'top_k={top_k} of task {task!r} is larger than its '
                              f'{num_enabled} enabled experts {enabled}.')
         self._top_k[task] = top_k
         # all experts enabled: the unmasked path, as a router never restricted
-        self._enabled[task] = None if num_enabled == self.num_experts else enabled
+        self._enabled[task] = None if num_enabled == num_experts else enabled
         self.enabled_mask[t] = enabled is None
         if enabled is not None:
             self.enabled_mask[t, enabled] = True
@@ -201,7 +213,9 @@ class TaskRouter(nn.Module):
         k = :meth:`top_k_of` (task) experts per token."""
         t = self.task_index(task)  # a clear error for an unknown task
         top_k = self._top_k[task]
-        mask = self.enabled_mask[t] if self._enabled[task] is not None else None
+        num_experts = self.num_experts_of(task)
+        mask = self.enabled_mask[t, :num_experts] if (
+            self._enabled[task] is not None) else None
         # Routing in fp32 on purpose, even under autocast: bf16 logits would tie and
         # flip the top-k choices, and the softmax feeds the auxiliary losses.
         with torch.autocast(x.device.type, enabled=False):
@@ -226,6 +240,10 @@ class TaskRouter(nn.Module):
                 gates = top_probs / top_probs.sum(dim=-1, keepdim=True)
             else:
                 gates = top_probs + self.cfg.eps
+            if num_experts < self.num_experts:  # a narrowed router: pad after the math
+                pad = (0, self.num_experts - num_experts)
+                probs = F.pad(probs, pad)
+                logits = F.pad(logits, pad, value=float('-inf'))
         return RouterOutput(probs, indices, gates, logits)
 
     def extra_repr(self) -> str:

@@ -18,6 +18,8 @@ from mod_squad.moe import (MoAttention, RoutedLayer, RouterConfig, check_task_na
                            routed_layers)
 from mod_squad.moe.adapter import AdapterConfig
 from mod_squad.registry import register_model
+from ..continual import (ContinualConfig, check_continual, grow_checkpoint,
+                         grow_counts, narrow_old_routers)
 from ..fine_tuning import TrainableConfig, apply_trainable
 from .mod_squad_block import ModSquadBlock
 from .vit_checkpoint import check_state_dict, convert_to_mod_squad
@@ -65,6 +67,14 @@ class ModSquadViT(BaseModule):
             top_n=4, usage='iter_2000.pth')``, ``dict(mode='experts', last=2)``,
             ``dict(mode='heads')``. None (default): everything trains.
             ``frozen_stages`` applies on top.
+        continual (dict, optional): A new task for a trained model, the fields of
+            :class:`mod_squad.models.continual.ContinualConfig`: ``dict(task=...,
+            num_experts=M, init='fresh' | 'copy', copy_from=..., usage=...)``.
+            Every routed layer gets M new experts after its counts below (the
+            trained model's) and the new task a router over all of them; the old
+            tasks' routers keep their width, so they compute exactly as before.
+            Only the new task's routers, embedding and new experts train (it sets
+            ``trainable``); a checkpoint with the old counts grows as it loads.
         moe_layers (str | dict): Which blocks hold mixtures: ``'alternate'`` (MoA on
             even blocks, MoE MLP on odd, as Mod-Squad), ``'mlp'`` (MoE MLP in every
             block), ``'none'``, or ``dict(moa=[...], mlp=[...])``.
@@ -167,6 +177,7 @@ class ModSquadViT(BaseModule):
                  final_norm: bool = True,
                  frozen_stages: int = -1,
                  trainable: Optional[dict] = None,
+                 continual: Optional[dict] = None,
                  moe_layers: Union[str, dict] = 'alternate',
                  num_experts: Union[int, Sequence[Optional[int]]] = 16,
                  top_k: Union[int, Sequence[Optional[int]]] = 4,
@@ -239,6 +250,17 @@ class ModSquadViT(BaseModule):
                 mlp_layers, ('num_experts', num_experts, None),
                 ('top_k', top_k, None)).items()
         }
+        self.continual_cfg = ContinualConfig.build(continual)
+        if self.continual_cfg is not None:
+            check_continual(self.continual_cfg, self.task_names, dict(
+                attn={i: s['num_experts'] for i, s in moa.items()},
+                mlp={i: s['num_experts'] for i, s in moe_mlp.items()}))
+            if trainable is not None:
+                raise ValueError('continual sets what trains (the new task\'s routers, '
+                                 'embedding and new experts): remove trainable.')
+            trainable = self.continual_cfg.trainable()
+            moa = grow_counts(self.continual_cfg, 'attn', moa)
+            moe_mlp = grow_counts(self.continual_cfg, 'mlp', moe_mlp)
         self.router_cfg = RouterConfig.build(router_cfg)
         self.adapter_cfg = AdapterConfig.build(adapter) if adapter is not None else None
         adapter_blocks = self._adapter_blocks(self.adapter_cfg)
@@ -275,6 +297,8 @@ class ModSquadViT(BaseModule):
             raise ValueError(f'frozen_stages={frozen_stages} out of range: -1 or 0 '
                              f'(none) to num_layers={num_layers} (all).')
         self.frozen_stages = frozen_stages
+        if self.continual_cfg is not None:
+            narrow_old_routers(self)
         self.trainable_cfg = TrainableConfig.build(trainable)
         self.trained_experts = apply_trainable(self, self.trainable_cfg)
         self._freeze_stages()
@@ -564,6 +588,8 @@ class ModSquadViT(BaseModule):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # ``ln2.*`` / ``pyramid.*`` (mmpretrain, earlier versions) -> ``outputs.``
         self.outputs.rename_owner_keys(state_dict, prefix, f'{prefix}outputs.')
+        if self.continual_cfg is not None:  # a checkpoint of the old layout grows
+            grow_checkpoint(self, state_dict, prefix)
         # A clear error, not a partly random model, for checkpoints that do not fit.
         check_state_dict(state_dict, self, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

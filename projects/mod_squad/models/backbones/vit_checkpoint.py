@@ -270,16 +270,19 @@ def _check_layout(state_dict: Dict[str, torch.Tensor], model, prefix: str) -> No
 
 
 def _checkpoint_experts(state_dict: Dict[str, torch.Tensor], layer: str) -> int:
-    """Experts of the routed layer named ``layer`` in a checkpoint (0: none there)."""
+    """Experts of the routed layer named ``layer`` in a checkpoint (0: none there):
+    its expert stacks' count, else its routers' widest (a continual model's old
+    tasks' routers are narrower than the layer)."""
+    stacks, routers = 0, 0
     for key, value in state_dict.items():
         name = key[len(layer) + 1:]
         if not key.startswith(f'{layer}.') or value.dim() == 0:
             continue
         if STACKED_EXPERTS.match(name):
-            return value.shape[0]
-        if PER_EXPERT_ROUTING.match(name):
-            return value.shape[-1]
-    return 0
+            stacks = stacks or value.shape[0]
+        elif PER_EXPERT_ROUTING.match(name):
+            routers = max(routers, value.shape[-1])
+    return stacks or routers
 
 
 def _check_expert_counts(state_dict: Dict[str, torch.Tensor], model,
