@@ -37,11 +37,9 @@ Example::
 import argparse
 import json
 import os.path as osp
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
@@ -61,6 +59,14 @@ def import_moe():
         sys.path.append(source)
     import mod_squad.moe as moe
     return moe
+
+
+def import_timing():
+    """``mod_squad.timing`` (plain PyTorch): the interleaved timing shared with the
+    model benchmark (``benchmark.py``)."""
+    import_moe()
+    import mod_squad.timing as timing
+    return timing
 
 
 class CaseUnavailable(Exception):
@@ -260,26 +266,11 @@ def vit_arch(args) -> dict:
                 num_heads=args.num_heads, feedforward_channels=4 * args.embed_dims)
 
 
-def synchronize(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
 def time_cases(steps: Dict[str, Step], args, device) -> Dict[str, float]:
-    """Median over interleaved rounds of the mean step time (ms) of each case."""
-    for step in steps.values():
-        for _ in range(args.warmup):
-            step()
-    samples = {name: [] for name in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            synchronize(device)
-            start = time.perf_counter()
-            for _ in range(args.iters):
-                step()
-            synchronize(device)
-            samples[name].append((time.perf_counter() - start) / args.iters * 1e3)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    """Median over interleaved rounds of the mean step time (ms) of each case
+    (``--warmup``, ``--rounds``, ``--iters``)."""
+    return import_timing().time_interleaved(steps, args.warmup, args.rounds, args.iters,
+                                            device)
 
 
 def _status_kib(field: str) -> int:
@@ -293,11 +284,11 @@ def _status_kib(field: str) -> int:
 def peak_memory_mib(step: Step, device) -> float:
     """Peak memory growth of one step, in this process (see the module docstring)."""
     if device.type == 'cuda':
-        synchronize(device)
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         step()
-        synchronize(device)
+        torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # reset VmHWM to the current resident size
