@@ -74,6 +74,9 @@ param_scheduler = [
          eta_min=1e-5),
 ]
 default_hooks = dict(checkpoint=dict(interval=max_iters, save_best=None))
-# (ExpertUsageHook restores the checkpoint's (3 tasks, 8 experts) running usage,
-# which does not fit the grown layers' (4, 10); see the report.)
-custom_hooks = [dict(type='TrainableParamsHook')]
+# ExpertUsageHook: the checkpoint's running usage (3 tasks, 8 experts) does not fit
+# the grown layers (4, 10); it warns and the running usage starts afresh.
+custom_hooks = [
+    dict(type='ExpertUsageHook', interval=100),
+    dict(type='TrainableParamsHook'),
+]

@@ -110,10 +110,13 @@ def test_running_share_logged_kept_across_intervals_and_restored_on_resume():
         assert torch.equal(usage.running_share, saved[name])
         assert usage.momentum == 0.95
 
-    checkpoint['expert_usage_running']['layers.1.ffn'] = torch.zeros(2, 5)
+    # another set of tasks or experts (a model grown by a new task): warned, fresh
+    checkpoint['expert_usage_running']['layers.1.ffn'] = torch.ones(2, 5)
     resumed.after_load_checkpoint(runner, checkpoint)
-    with pytest.raises(ValueError, match=r"'layers.1.ffn'.*\(2, 5\)"):
-        resumed.before_train(make_runner(forced_model(), 2))
+    grown = forced_model()
+    resumed.before_train(make_runner(grown, 2))
+    assert torch.equal(grown.layers[0].ffn.usage.running_share, saved['layers.0.ffn'])
+    assert grown.layers[1].ffn.usage.running_share.sum() == 0
 
 
 def test_invalid_options():

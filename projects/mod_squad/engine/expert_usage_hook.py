@@ -1,9 +1,11 @@
 """Log per-task expert usage of the MoE layers and keep it in checkpoints."""
+import logging
 from collections import defaultdict
 from typing import Dict
 
 import torch
 from mmengine.hooks import Hook
+from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
 from mod_squad.moe import (all_reduce_expert_usage, expert_usage_modules,
@@ -71,10 +73,14 @@ class ExpertUsageHook(Hook):
                 continue
             saved = self.running[name]
             if saved.shape != usage.running_share.shape:
-                raise ValueError(
+                # e.g. load_from a checkpoint that a new task grew (continual
+                # learning): its usage belongs to another set of tasks and experts
+                print_log(
                     f"checkpoint['expert_usage_running'][{name!r}] has shape "
                     f'{tuple(saved.shape)}, but the layer has (tasks, experts) = '
-                    f'{tuple(usage.running_share.shape)}.')
+                    f'{tuple(usage.running_share.shape)}: its running usage starts '
+                    'afresh.', logger='current', level=logging.WARNING)
+                continue
             usage.running_share.copy_(saved)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
