@@ -40,6 +40,7 @@ from mmengine.registry import DefaultScope, init_default_scope
 
 from mod_squad.datasets import with_checked_dataset
 from mod_squad.models import ModSquadMultiTaskModel
+from mod_squad.models.fine_tuning import running_usage
 from mod_squad.moe import ExpertSelection, MoAttention, RoutedLayer
 from mod_squad.registry import toolbox_models
 from .expert_usage import UsageReport, build_task_dataloaders, collect_usage
@@ -170,7 +171,7 @@ def task_usage(source: Union[UsageReport, Mapping], model: ModSquadMultiTaskMode
     Args:
         source (UsageReport | dict): A :class:`UsageReport` (its top-k picks), or a
             checkpoint holding ``expert_usage_running`` (layer -> (T, E) running
-            share, rows in the backbone's task order).
+            share, read by :func:`~mod_squad.models.fine_tuning.running_usage`).
         model (ModSquadMultiTaskModel): The model the usage is of.
         task (str): The task.
     """
@@ -188,10 +189,8 @@ def task_usage(source: Union[UsageReport, Mapping], model: ModSquadMultiTaskMode
                 "The checkpoint has no 'expert_usage_running' (saved by "
                 'ExpertUsageHook during training): collect the usage on a split '
                 'instead (--usage val).')
-        t = model.backbone.task_names.index(task)
-        usage = {name: torch.as_tensor(share)[t]
-                 for name, share in source['expert_usage_running'].items()}
         what = "checkpoint's expert_usage_running"
+        usage = running_usage(source, task, f'the {what}')
     missing = [name for name in layers if name not in usage]
     if missing:
         raise ValueError(f'The {what} has no usage of layers {missing}.')

@@ -182,15 +182,27 @@ def load_usage(usage: Union[str, Mapping], task: Optional[str]) -> Dict[str, tor
         raise ValueError(f"{usage} has no 'expert_usage_running' (saved by "
                          'ExpertUsageHook during training): give a usage.json of '
                          'tools/analysis_tools/expert_usage.py instead.')
+    try:
+        share = running_usage(checkpoint, task, usage)
+    except ValueError as error:
+        raise ValueError(f'trainable.{error}') from None
+    return {layer_key(name): value for name, value in share.items()}
+
+
+def running_usage(checkpoint: Mapping, task: str, source: str) -> Dict[str, torch.Tensor]:
+    """Layer name (as saved) -> (E,) running share of ``task`` in a checkpoint's
+    ``expert_usage_running`` (``ExpertUsageHook``); the rows of a layer follow the
+    order of its ``router.weight.<task>`` keys in the checkpoint's state dict, so
+    the checkpoint alone says which row is whose. ``source`` names it in errors."""
     state_dict = checkpoint.get('state_dict', checkpoint)
     out = {}
     for name, share in checkpoint['expert_usage_running'].items():
         prefix = f'{name}.router.weight.'
         tasks = [key[len(prefix):] for key in state_dict if key.startswith(prefix)]
         if task not in tasks:
-            raise ValueError(f'trainable.task={task!r} has no router in layer {name} of '
-                             f'{usage}, whose tasks are {tasks}.')
-        out[layer_key(name)] = torch.as_tensor(share)[tasks.index(task)]
+            raise ValueError(f'task={task!r} has no router in layer {name} of '
+                             f'{source}, whose tasks are {tasks}.')
+        out[name] = torch.as_tensor(share)[tasks.index(task)]
     return out
 
 
