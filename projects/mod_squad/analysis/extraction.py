@@ -39,6 +39,7 @@ from mmengine.fileio import dump
 from mmengine.registry import DefaultScope, init_default_scope
 
 from mod_squad.datasets import with_checked_dataset
+from mod_squad.engine.toolbox_visualization import TOOLBOX_VISUALIZATION
 from mod_squad.models import ModSquadMultiTaskModel
 from mod_squad.models.fine_tuning import running_usage
 from mod_squad.moe import ExpertSelection, MoAttention, RoutedLayer
@@ -56,12 +57,6 @@ REPLACED_BACKBONE_ARGS = ('type', 'out_type', 'out_indices', 'pyramid_scales',
                           'attn_top_k', 'expert_hidden', 'attn_head_dims',
                           'inference_top_k', 'enabled_experts', 'trainable', 'init_cfg',
                           'pretrained')
-#: Per toolbox: the visualizer and visualization hook of its stock runtime.
-TOOLBOX_RUNTIME = {
-    'mmdet': ('DetLocalVisualizer', 'DetVisualizationHook'),
-    'mmseg': ('SegLocalVisualizer', 'SegVisualizationHook'),
-    'mmpretrain': ('UniversalVisualizer', 'VisualizationHook'),
-}
 
 
 @dataclass
@@ -318,10 +313,11 @@ def extracted_config(cfg: Config, task: str, backbone: dict) -> Config:
     visualizer and the combined config's runtime settings."""
     branch = dict(cfg.model['branches'][task])
     scope = branch.get('_scope_')
-    if scope not in TOOLBOX_RUNTIME:
+    if scope not in TOOLBOX_VISUALIZATION:
         raise ValueError(f'Branch {task!r} has _scope_={scope!r}; extraction writes '
-                         f'configs for {sorted(TOOLBOX_RUNTIME)}.')
-    visualizer, vis_hook = TOOLBOX_RUNTIME[scope]
+                         f'configs for {sorted(TOOLBOX_VISUALIZATION)}.')
+    visualizer = TOOLBOX_VISUALIZATION[scope]['visualizer']['type']
+    vis_hook = TOOLBOX_VISUALIZATION[scope]['hook']['type']
     stock = dict(
         default_scope=scope,
         custom_imports=dict(imports=['mod_squad'], allow_failed_imports=False),
