@@ -43,8 +43,8 @@ from mod_squad.engine.launch import read_config
 from mod_squad.models import ModSquadMultiTaskModel
 from mod_squad.timing import peak_memory_mib, time_interleaved
 from .builder import build_model
-from .complexity import (_data_sample_type, analyze_complexity, count_parameters,
-                         drop_auxiliary_heads, dummy_batch, model_tasks)
+from .complexity import (analyze_complexity, count_parameters, data_sample_type,
+                         drop_auxiliary_heads, dummy_batch, model_tasks, task_branch)
 
 #: (H, W) per kind of task: the toolboxes' standard inputs, and smaller ones for CPU.
 STANDARD_SIZES = dict(cls=(224, 224), det=(800, 1333), seg=(512, 512))
@@ -144,11 +144,6 @@ class Comparison:
         return cls(cfg['name'], models)
 
 
-def task_branch(model: nn.Module, task: Optional[str]) -> nn.Module:
-    """The stock model that runs ``task``: a multi-task model's branch, else itself."""
-    return model.branches[task] if isinstance(model, ModSquadMultiTaskModel) else model
-
-
 def task_kind(model: nn.Module, task: Optional[str]) -> str:
     """'cls', 'det' or 'seg': the toolbox of the model (of ``task``'s branch)."""
     branch = task_branch(model, task)
@@ -195,7 +190,7 @@ def synthetic_batch(model: nn.Module, task: Optional[str], kind: str,
                 0, 256, (3, height, width), dtype=torch.uint8, generator=generator))
             meta = dict(ori_shape=shape, img_shape=shape, pad_shape=shape,
                         scale_factor=(1., 1.))
-            sample = _data_sample_type(branch)(metainfo=meta)
+            sample = data_sample_type(branch)(metainfo=meta)
             if with_labels and kind == 'cls':
                 sample.set_gt_label(int(torch.randint(num_classes, (1, ),
                                                       generator=generator)))

@@ -267,7 +267,12 @@ def drop_auxiliary_heads(model: nn.Module) -> nn.Module:
     return model
 
 
-def _data_sample_type(model: nn.Module) -> type:
+def task_branch(model: nn.Module, task: Optional[str]) -> nn.Module:
+    """The stock model that runs ``task``: a multi-task model's branch, else itself."""
+    return model.branches[task] if isinstance(model, ModSquadMultiTaskModel) else model
+
+
+def data_sample_type(model: nn.Module) -> type:
     """The data sample class of the toolbox ``model`` comes from."""
     toolbox = type(model).__module__.split('.')[0]
     if toolbox == 'mmdet':
@@ -289,12 +294,12 @@ def dummy_batch(model: nn.Module, task: Optional[str],
     preprocessor (which may pad it): ``dict(inputs=(1, 3, H', W'),
     data_samples=[...])``. Active FLOPs depend on the shape only."""
     _check_task(model, task)
-    branch = model.branches[task] if isinstance(model, ModSquadMultiTaskModel) else model
+    branch = task_branch(model, task)
     height, width = shape
     image = torch.randint(
         0, 256, (3, height, width), dtype=torch.uint8,
         generator=torch.Generator().manual_seed(0))
-    sample = _data_sample_type(branch)(metainfo=dict(
+    sample = data_sample_type(branch)(metainfo=dict(
         ori_shape=(height, width), img_shape=(height, width),
         pad_shape=(height, width), scale_factor=(1., 1.)))
     with torch.no_grad():
