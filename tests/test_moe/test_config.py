@@ -34,7 +34,7 @@ def test_defaults_are_documented_values():
     (dict(init='normal'), ValueError,
      r"init must be one of \('zeros', 'trunc_normal'\), got 'normal'"),
     (dict(impl='bmm'), ValueError,
-     r"impl must be one of \('auto', 'loop', 'grouped_mm'\), got 'bmm'"),
+     r"impl must be one of \('auto', 'loop', 'fused', 'grouped_mm'\), got 'bmm'"),
     (dict(hidden=0), ValueError, 'hidden must be a positive width or None, got 0'),
     (dict(eps=-1e-4), ValueError, 'eps must be >= 0, got -0.0001'),
     (dict(aux_loss=None), TypeError,

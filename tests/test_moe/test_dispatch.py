@@ -1,4 +1,4 @@
-"""TokenDispatch: dropless sort by expert, inverse permutation, gated combine."""
+"""TokenDispatch: dropless sort by expert, inverse permutation, sum over slots."""
 import torch
 
 from mod_squad.moe import TokenDispatch
@@ -16,7 +16,7 @@ def test_sorted_slots_group_tokens_by_expert_stably():
     assert torch.equal(indices.reshape(-1)[d.order], d.expert_ids)
 
 
-def test_gather_scatter_and_combine():
+def test_gather_scatter_and_sum_tokens():
     generator = torch.Generator().manual_seed(0)
     indices = torch.randint(0, 6, (9, 3), generator=generator)
     gates = torch.rand(9, 3, generator=generator)
@@ -26,10 +26,10 @@ def test_gather_scatter_and_combine():
     assert torch.equal(rows, x[d.token_ids])
     slots = torch.randn(27, 4, generator=generator)
     assert torch.equal(d.scatter_slots(d.gather_slots(slots)), slots)
-    # expert "output" = its input times (expert id + 1): combine = sum_j g_j (e_j + 1) x
-    y = rows * (d.expert_ids[:, None] + 1)
+    # expert "output" = gate * its input * (expert id + 1): sum_j g_j (e_j + 1) x
+    y = d.gather_slots(gates.reshape(-1, 1)) * rows * (d.expert_ids[:, None] + 1)
     expected = (gates[..., None] * (indices[..., None] + 1) * x[:, None]).sum(1)
-    torch.testing.assert_close(d.combine(y, gates), expected)
+    torch.testing.assert_close(d.sum_tokens(y), expected)
 
 
 def test_single_token():
@@ -37,8 +37,7 @@ def test_single_token():
     assert d.counts.tolist() == [0, 1, 0, 1]
     assert d.token_ids.tolist() == [0, 0]
     y = torch.tensor([[1., 2.], [10., 20.]])  # expert 1 row, then expert 3 row
-    torch.testing.assert_close(
-        d.combine(y, torch.tensor([[0.5, 0.25]])), torch.tensor([[5.25, 10.5]]))
+    torch.testing.assert_close(d.sum_tokens(y), torch.tensor([[11., 22.]]))
 
 
 def test_sum_tokens_adds_each_tokens_slots():

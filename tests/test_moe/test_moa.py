@@ -100,7 +100,7 @@ class QueryRows(TorchFunctionMode):
         name = getattr(func, '__name__', '')
         if name == 'scaled_dot_product_attention':
             self.rows['queries'] += args[0].shape[2]
-        elif name == 'matmul':
+        elif name in ('matmul', 'mm'):
             self.rows['head_rows'] += args[0].shape[0]
         return func(*args, **(kwargs or {}))
 

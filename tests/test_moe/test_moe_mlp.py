@@ -114,10 +114,10 @@ def test_exposes_task_names_and_per_task_router_weights():
 
 # --- compute control ------------------------------------------------------------------
 def _rows_through_experts(layer, x, task):
-    """Output, and the rows the experts' first matmul got."""
+    """Output, and the (token, expert) rows the experts ran (their dispatch's slots)."""
     rows = []
     handle = layer.experts.register_forward_pre_hook(
-        lambda module, args: rows.append(args[0].shape[0]))
+        lambda module, args: rows.append(int(args[1].counts.sum())))
     y = layer(x, task)
     handle.remove()
     return y, rows[0]

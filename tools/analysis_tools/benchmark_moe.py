@@ -314,7 +314,7 @@ def parse_args(argv=None):
     parser.add_argument(
         '--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--amp', action='store_true', help='bf16 autocast')
-    parser.add_argument('--impl', default='auto', choices=('auto', 'loop', 'grouped_mm'),
+    parser.add_argument('--impl', default='auto', choices=import_moe().experts.IMPLS,
                         help='expert path of the mod_squad layers')
     parser.add_argument('--embed-dims', type=int, default=768)
     parser.add_argument('--num-experts', type=int, default=16, help='MLP experts')

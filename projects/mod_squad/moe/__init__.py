@@ -5,8 +5,8 @@
 - :mod:`.router`: :class:`TaskRouter` (top-k routers, own parameters per task)
   and :class:`RouterOutput`.
 - :mod:`.dispatch`: :class:`TokenDispatch`, dropless sort-by-expert reordering.
-- :mod:`.experts`: :func:`grouped_linear` (per-expert loop or ``torch._grouped_mm``) and
-  :class:`GroupedExperts`.
+- :mod:`.experts`: :func:`grouped_linear` (the per-expert loop reference, the fused
+  path of :mod:`.fused`, or ``torch._grouped_mm``) and :class:`GroupedExperts`.
 - :mod:`.moe_mlp`: :class:`MoEMLP`; :mod:`.moa`: :class:`MoAttention`; both built on
   :class:`RoutedLayer` (:mod:`.routed_layer`).
 - :mod:`.losses`: :class:`RouterAuxLoss`, :func:`collect_aux_losses`.

@@ -89,7 +89,8 @@ class RouterConfig:
             renormalising. Defaults to 1e-4, as the authors.
         aux_loss (MoEAuxLossConfig | dict): Auxiliary losses; off by default.
         impl (str): Path of the per-expert matmuls of both layer kinds, ``'auto'``,
-            ``'loop'`` or ``'grouped_mm'``, see :func:`~.experts.grouped_linear`.
+            ``'loop'``, ``'fused'`` or ``'grouped_mm'``, see
+            :func:`~.experts.grouped_linear`.
             Read at every forward, so it can be switched on a built model.
     """
     hidden: Optional[int] = None

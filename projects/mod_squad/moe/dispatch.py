@@ -64,12 +64,6 @@ class TokenDispatch:
         """Inverse of :meth:`gather_slots`: (M, D) -> (N * k, D)."""
         return y.index_select(0, self.inverse)
 
-    def combine(self, y: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        """Gate-weighted sum over each token's k slots: (M, D), (N, k) -> (N, D)."""
-        slots = self.scatter_slots(y).view(self.num_tokens, self.top_k, y.shape[-1])
-        return torch.bmm(gates.to(slots.dtype).unsqueeze(1), slots).squeeze(1)
-
     def sum_tokens(self, y: torch.Tensor) -> torch.Tensor:
-        """Plain sum over each token's k slots: (M, D) -> (N, D). Cheaper than
-        :meth:`combine` when the gates were applied earlier (e.g. before a linear map)."""
+        """Sum over each token's k slots: (M, D) -> (N, D)."""
         return y.new_zeros(self.num_tokens, y.shape[-1]).index_add_(0, self.token_ids, y)

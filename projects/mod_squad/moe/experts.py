@@ -1,10 +1,15 @@
 """Experts with weights stacked along a leading expert dimension ``(E, in, out)``.
 
-:func:`grouped_linear` runs each expert on its contiguous rows of a
-:class:`~.dispatch.TokenDispatch`-sorted input, by one of two paths:
+:func:`grouped_linear` runs each expert on its rows of a :class:`~.dispatch.TokenDispatch`
+(gathering the tokens, scaling and summing the slots back into tokens on request), by
+one of three paths:
 
-- ``'loop'``: one ``torch.addmm`` per expert; readable, the reference of the other path,
-  and the fast path on CPU. Needs the per-expert counts on the host (a sync on CUDA).
+- ``'loop'``: gather, one ``torch.addmm`` per expert, ``torch.cat``, scale, sum: the
+  readable reference of the other paths. Keeps every gathered row for backward.
+- ``'fused'``: the same per-expert matmuls in one autograd function that gathers,
+  scales and scatters by index and keeps no ``(M, ...)`` tensor (:mod:`.fused`). The
+  path on CPU and on GPUs without ``torch._grouped_mm``. Needs the per-expert counts on
+  the host (a sync on CUDA), as the loop.
 - ``'grouped_mm'``: one ``torch._grouped_mm`` call (PyTorch >= 2.8) with on-device
   offsets, no host sync. Chosen automatically on Hopper/Blackwell GPUs when the
   compute dtype is bf16 and the widths are 16-byte aligned.
@@ -15,20 +20,14 @@ import torch
 import torch.nn as nn
 
 from .dispatch import TokenDispatch
+from .fused import compute_dtype, fused_grouped_linear
 
 INIT_STD = 0.02
-IMPLS = ('auto', 'loop', 'grouped_mm')
+IMPLS = ('auto', 'loop', 'fused', 'grouped_mm')
 
 
 def _torch_version() -> tuple:
     return tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2])
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    device = x.device.type
-    if torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return x.dtype
 
 
 def grouped_mm_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -39,7 +38,7 @@ def grouped_mm_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
     major = torch.cuda.get_device_capability(x.device)[0]
     if not (major == 9 or (major == 10 and _torch_version() >= (2, 9))):
         return False
-    return (_compute_dtype(x) == torch.bfloat16 and weight.shape[-2] % 8 == 0
+    return (compute_dtype(x) == torch.bfloat16 and weight.shape[-2] % 8 == 0
             and weight.shape[-1] % 8 == 0)
 
 
@@ -59,7 +58,7 @@ def _loop_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
 def _grouped_mm_linear(x: torch.Tensor, weight: torch.Tensor,
                        bias: Optional[torch.Tensor],
                        dispatch: TokenDispatch) -> torch.Tensor:
-    dtype = _compute_dtype(x)
+    dtype = compute_dtype(x)
     out = torch._grouped_mm(x.to(dtype), weight.to(dtype), offs=dispatch.offsets)
     if bias is not None:
         out = out + bias.to(dtype).index_select(0, dispatch.expert_ids)
@@ -70,26 +69,51 @@ def grouped_linear(x: torch.Tensor,
                    weight: torch.Tensor,
                    bias: Optional[torch.Tensor],
                    dispatch: TokenDispatch,
-                   impl: str = 'auto') -> torch.Tensor:
-    """Each row through the linear map of its expert.
+                   impl: str = 'auto',
+                   gather: bool = False,
+                   scale: Optional[torch.Tensor] = None,
+                   reduce: bool = False) -> torch.Tensor:
+    """Each slot through the linear map of its expert.
 
     Args:
-        x (Tensor): (M, in) rows sorted by expert (``dispatch.expert_ids``).
+        x (Tensor): (M, in) rows sorted by expert (``dispatch.expert_ids``), or with
+            ``gather`` (N, in) token rows.
         weight (Tensor): (E, in, out).
         bias (Tensor, optional): (E, out).
-        dispatch (TokenDispatch): The sorted assignment of the rows.
-        impl (str): ``'auto'``, ``'loop'`` or ``'grouped_mm'``.
+        dispatch (TokenDispatch): The sorted assignment of the slots.
+        impl (str): ``'auto'``, ``'loop'``, ``'fused'`` or ``'grouped_mm'``.
+        gather (bool): Take each slot's token row of ``x`` (:meth:`TokenDispatch.gather`).
+        scale (Tensor, optional): (M, 1) factor of each slot's output (the gates).
+        reduce (bool): Sum each token's slots (:meth:`TokenDispatch.sum_tokens`).
 
     Returns:
-        Tensor: (M, out).
+        Tensor: (M, out), or (N, out) with ``reduce``.
     """
     if impl == 'auto':
-        impl = 'grouped_mm' if grouped_mm_supported(x, weight) else 'loop'
-    if impl == 'grouped_mm':
-        return _grouped_mm_linear(x, weight, bias, dispatch)
-    if impl == 'loop':
-        return _loop_linear(x, weight, bias, dispatch)
-    raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}.')
+        impl = 'grouped_mm' if grouped_mm_supported(x, weight) else 'fused'
+    if impl == 'fused' and torch.jit.is_tracing():
+        # the same arithmetic; a trace (the FLOP counter) sees the loop's matmuls,
+        # where the fused function would be one opaque node
+        impl = 'loop'
+    if impl == 'fused':
+        token_ids = dispatch.token_ids
+        return fused_grouped_linear(
+            x, weight, bias, dispatch.splits,
+            in_index=token_ids if gather else None,
+            scale=None if scale is None else scale.view(-1),
+            out_index=token_ids if reduce else None, out_rows=dispatch.num_tokens)
+    if impl not in IMPLS:
+        raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}.')
+    if gather:
+        x = dispatch.gather(x)
+    if scale is not None and bias is None:
+        # a row scale commutes with a linear map: scale the narrower side
+        x, scale = x * scale.to(x.dtype), None
+    path = _grouped_mm_linear if impl == 'grouped_mm' else _loop_linear
+    y = path(x, weight, bias, dispatch)
+    if scale is not None:
+        y = y * scale.to(y.dtype)
+    return dispatch.sum_tokens(y) if reduce else y
 
 
 class GroupedExperts(nn.Module):
@@ -131,12 +155,23 @@ class GroupedExperts(nn.Module):
         for b in (self.b1, self.b2):
             nn.init.zeros_(b)
 
-    def forward(self, x: torch.Tensor, dispatch: TokenDispatch,
+    def forward(self, x: torch.Tensor, dispatch: TokenDispatch, gates: torch.Tensor,
                 impl: str = 'auto') -> torch.Tensor:
-        """x: (M, C) rows sorted by expert -> (M, C); ``impl``: see
-        :func:`grouped_linear`."""
-        h = self.act(grouped_linear(x, self.w1, self.b1, dispatch, impl))
-        return grouped_linear(self.drop(h), self.w2, self.b2, dispatch, impl)
+        """Gate-weighted sum of each token's experts.
+
+        Args:
+            x (Tensor): (N, C) tokens.
+            dispatch (TokenDispatch): Their k experts each, sorted.
+            gates (Tensor): (N, k) gates of those experts.
+            impl (str): See :func:`grouped_linear`.
+
+        Returns:
+            Tensor: (N, C).
+        """
+        gates = dispatch.gather_slots(gates.reshape(-1, 1))  # (M, 1) in slot order
+        h = self.act(grouped_linear(x, self.w1, self.b1, dispatch, impl, gather=True))
+        return grouped_linear(self.drop(h), self.w2, self.b2, dispatch, impl,
+                              scale=gates, reduce=True)
 
     def extra_repr(self) -> str:
         E, C, H = self.w1.shape

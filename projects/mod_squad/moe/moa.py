@@ -85,8 +85,7 @@ class MoAttention(RoutedLayer):
         route, dispatch = self.route(tokens, task)
         impl = self.router_cfg.impl
         # queries of the (token, head) slots: (B*N*k, hd)
-        q = grouped_linear(dispatch.gather(tokens), self.q_proj, self.q_bias, dispatch,
-                           impl)
+        q = grouped_linear(tokens, self.q_proj, self.q_bias, dispatch, impl, gather=True)
         q = dispatch.scatter_slots(q)
         k, v = self.kv_proj(x).unsqueeze(1).chunk(2, dim=-1)  # (B, 1, N, hd) each
         # The shared key/value make the k heads of all N tokens one multi-query head
@@ -97,10 +96,9 @@ class MoAttention(RoutedLayer):
             q.view(B, 1, N * top_k, self.head_dims).to(k.dtype), k, v,
             dropout_p=self.attn_drop if self.training else 0.)
         o = dispatch.gather_slots(o.reshape(B * N * top_k, self.head_dims))
-        # gate before the (linear) output projection: scales hd, not C, values a slot
-        gates = dispatch.gather_slots(route.gates.reshape(-1, 1)).to(o.dtype)
-        y = grouped_linear(o * gates, self.o_proj, None, dispatch, impl)
-        y = dispatch.sum_tokens(y) + self.o_bias.to(y.dtype)
+        gates = dispatch.gather_slots(route.gates.reshape(-1, 1))
+        y = grouped_linear(o, self.o_proj, None, dispatch, impl, scale=gates, reduce=True)
+        y = y + self.o_bias.to(y.dtype)
         return self.proj_drop(y).view(B, N, C)
 
     def extra_repr(self) -> str:

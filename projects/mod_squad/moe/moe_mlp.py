@@ -51,5 +51,5 @@ class MoEMLP(RoutedLayer):
         """x: (..., C) tokens of ``task`` -> (..., C)."""
         tokens = x.reshape(-1, self.embed_dims)
         route, dispatch = self.route(tokens, task)
-        y = self.experts(dispatch.gather(tokens), dispatch, self.router_cfg.impl)
-        return self.drop(dispatch.combine(y, route.gates)).view(x.shape)
+        y = self.experts(tokens, dispatch, route.gates, self.router_cfg.impl)
+        return self.drop(y).view(x.shape)
