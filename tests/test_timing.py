@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mod_squad.timing import peak_memory_mib, time_interleaved
+from mod_squad.timing import peak_memory_mib, saved_activations_mib, time_interleaved
 
 
 def test_steps_run_interleaved_and_the_median_of_rounds_is_kept():
@@ -37,3 +37,15 @@ def test_cpu_peak_memory_is_the_most_live_at_once():
         before.mul_(1)
 
     assert peak_memory_mib(step, torch.device('cpu')) == 3.
+
+
+def test_saved_activations_count_each_storage_once_without_leaves():
+    weight = torch.randn(256, 256, requires_grad=True)  # a parameter: not counted
+    x = torch.randn(1024, 256, requires_grad=True)  # the input: not counted
+
+    def step():
+        h = x @ weight  # saves x and weight (leaves)
+        y = h.relu()  # saves its output, 1 MiB
+        (y * y).sum().backward()  # mul saves y twice: the same storage
+
+    assert saved_activations_mib(step) == 1.

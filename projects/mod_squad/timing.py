@@ -1,4 +1,5 @@
-"""Interleaved step timing and peak memory of one step: plain PyTorch, shared by the
+"""Interleaved step timing, peak memory and saved activations of one step: plain
+PyTorch, shared by the
 layer benchmark (``tools/analysis_tools/benchmark_moe.py``) and the model benchmark
 (:mod:`mod_squad.analysis.benchmark`)."""
 import statistics
@@ -83,3 +84,21 @@ def peak_memory_mib(step: Step, device: torch.device) -> float:
         synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     return _cpu_peak_bytes(step) / 2**20
+
+
+def saved_activations_mib(step: Step) -> float:
+    """MiB that autograd keeps for backward while ``step`` runs its forward: the
+    storages of the saved tensors, each once, leaves that require grad (parameters,
+    the input) not counted. The activation memory of training, and, unlike the peak,
+    the same on every machine and run."""
+    storages = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if not (tensor.is_leaf and tensor.requires_grad):
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        step()
+    return sum(storages.values()) / 2**20

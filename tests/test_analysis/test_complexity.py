@@ -10,7 +10,7 @@ from mod_squad.analysis import analyze_complexity, count_parameters
 from mod_squad.analysis import build_model
 from mod_squad.analysis.complexity import drop_auxiliary_heads, dummy_batch
 from mod_squad.models import ModSquadViT
-from mod_squad.moe import MoAttention, MoEMLP, RouterConfig
+from mod_squad.moe import MoAttention, MoEMLP, RouterConfig, train_experts
 
 DEMO_CONFIG = 'configs/mod_squad/mod-squad_vit-demo_2k_synthetic-cls-det-seg.py'
 TASKS = ('a', 'b')
@@ -60,6 +60,18 @@ def test_moe_mlp_flops_follow_a_lower_k():
     layer.router.set_compute('a', top_k=1)
     result = analyze_complexity(Routed(layer), torch.randn(5, 8))
     assert (result.flops, result.all_experts_flops) == (640, 2080)
+
+
+def test_some_experts_training_count_as_the_whole_layer_and_flags_are_restored():
+    """A split expert stack (train_experts) traces; requires_grad comes back."""
+    layer = moe_mlp(init='trunc_normal')
+    whole = analyze_complexity(Routed(layer), torch.randn(5, 8))
+    train_experts(layer, [1, 3])
+    flags = {n: p.requires_grad for n, p in layer.named_parameters()}
+    split = analyze_complexity(Routed(layer), torch.randn(5, 8))
+    assert (split.flops, split.all_experts_flops) == (whole.flops, whole.all_experts_flops)
+    assert {n: p.requires_grad for n, p in layer.named_parameters()} == flags
+    assert flags['experts.parametrizations.w1.0.rows']
 
 
 def test_grouped_mm_path_counts_as_the_loop():

@@ -26,6 +26,7 @@ def test_steps_train_and_memory_is_measured():
     step = bench.CASES['moe_mlp'].build(args, torch.device('cpu'))
     step()
     assert bench.peak_memory_mib(step, torch.device('cpu')) >= 0
+    assert bench.import_timing().saved_activations_mib(step) > 0
     times = bench.time_cases({'moe_mlp': step}, bench.parse_args(TOY + ['--rounds', '2']),
                              torch.device('cpu'))
     assert times['moe_mlp'] > 0

@@ -99,3 +99,15 @@ def test_grown_layer_keeps_the_old_task_bit_identical(kind, copy):
     for task in ('a', 'b'):
         assert torch.equal(new(x, task), old(x, task))
     assert new(x, 'n').shape == x.shape
+
+
+def test_growing_into_a_layer_without_the_aux_loss_leaves_its_buffers_unexpected():
+    old = MoEMLP(C, E, K, 8, ['a'], router_cfg=CFG)
+    new = MoEMLP(C, E + M, K, 8, ['a', 'n'])  # no auxiliary loss
+    narrow_router(new.router, 'a', E)
+    state = grow_layer_state(old.state_dict(), new, ['a'])
+    result = new.load_state_dict(state, strict=False)
+    assert sorted(result.unexpected_keys) == sorted(
+        k for k in old.state_dict() if k.startswith('aux_loss.'))
+    x = torch.randn(2, 10, C)
+    assert torch.equal(new.eval()(x, 'a'), old.eval()(x, 'a'))

@@ -26,7 +26,9 @@ for ``--iters`` steps in turn (interleaved); a case's time is the median over ro
 its mean step time. Peak memory: on CUDA ``max_memory_allocated`` above the allocation
 before the step; on CPU the growth of the process's peak resident memory (Linux VmHWM,
 reset before the step) during the first step of a fresh subprocess, which includes
-allocator and workspace overhead.
+allocator and workspace overhead. Saved activations: the tensors autograd keeps for
+backward during one forward (``mod_squad.timing.saved_activations_mib``), the same on
+every machine.
 
 More cases register with :func:`register_case`.
 
@@ -365,20 +367,24 @@ def main():
           f'head width {attn_head_dims(args)}')
     print(f'median of {args.rounds} interleaved rounds x {args.iters} steps '
           '(forward + backward)\n')
-    print(f'{"case":<28}{"ms/step":>9}{"ratio":>7}  {"vs":<16}{"peak MiB":>9}  '
-          'description')
+    print(f'{"case":<28}{"ms/step":>9}{"ratio":>7}  {"vs":<16}{"peak MiB":>9}'
+          f'{"saved MiB":>11}  description')
     for name in steps:
         baseline = CASES[name].baseline
         ratio = f'{times[name] / times[baseline]:.2f}' if baseline in times else '-'
-        mem = '-' if args.no_memory else f'{memory_of_case(name, args, device):.0f}'
-        print(f'{name:<28}{times[name]:>9.1f}{ratio:>7}  {baseline or "":<16}{mem:>9}  '
-              f'{CASES[name].description}')
+        mem = saved = '-'
+        if not args.no_memory:
+            mem = f'{memory_of_case(name, args, device):.0f}'
+            saved = f'{import_timing().saved_activations_mib(steps[name]):.1f}'
+        print(f'{name:<28}{times[name]:>9.1f}{ratio:>7}  {baseline or "":<16}{mem:>9}'
+              f'{saved:>11}  {CASES[name].description}')
     for name, why in skipped.items():
         print(f'{name:<28}{"skipped":>9}  {why}')
     if not args.no_memory:
         memory = 'CUDA max_memory_allocated' if device.type == 'cuda' else (
             'CPU peak resident memory growth, first step of a fresh process')
-        print(f'\npeak MiB: {memory}.')
+        print(f'\npeak MiB: {memory}. saved MiB: what autograd keeps for backward '
+              '(parameters and input not counted).')
 
 
 if __name__ == '__main__':

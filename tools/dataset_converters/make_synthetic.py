@@ -22,8 +22,18 @@ Layout under ``out_dir``::
     seg/annotations/{training,validation}/<index>.png  # class i as i + 1
     meta.json                          # options and summary
 
+``--dataset downstream`` makes another set for fine-tuning experiments
+(``configs/mod_squad/downstream``): ``cls/`` only, in the same layout, with
+classes the joint set never shows, a new outline and a new fill texture each
+(``DOWNSTREAM_CLASSES``, e.g. ``tee-rings``). A class's hue band is three
+classes wide and its neighbours on the hue circle have other outlines and
+textures, so colour narrows a class down to three and outline or texture must
+decide (colour alone gives about one in three right).
+
 Example:
     python tools/dataset_converters/make_synthetic.py --out data/synthetic
+    python tools/dataset_converters/make_synthetic.py --dataset downstream \
+        --out data/synthetic_downstream
 """
 import argparse
 import colorsys
@@ -42,7 +52,9 @@ __all__ = [
     'CLS_CLASSES', 'DET_CLASSES', 'SEG_CLASSES', 'SEG_STUFF', 'SEG_THINGS',
     'SHAPES', 'sample_rng', 'rasterize', 'draw_cls_sample', 'draw_det_sample',
     'draw_seg_sample', 'generate_cls', 'generate_det', 'generate_seg',
-    'generate_all', 'GENERATORS'
+    'generate_all', 'GENERATORS', 'DOWNSTREAM_CLASSES', 'DOWNSTREAM_SHAPES',
+    'DOWNSTREAM_TEXTURES', 'DOWNSTREAM_HUE_ORDER', 'draw_downstream_sample',
+    'generate_downstream_cls', 'DATASETS'
 ]
 
 # Bump when the drawing changes, so that existing outputs are regenerated.
@@ -59,9 +71,23 @@ SEG_CLASSES = SEG_STUFF + SEG_THINGS
 TEXTURES = ('plain', 'gradient', 'stripes', 'checker', 'dots', 'noise',
             'waves')
 DET_DISTRACTORS = ('crescent', 'arrow', 'heart', 'stick')
+# The downstream set: outlines and fill textures that no joint set draws; a
+# class is one of each, e.g. 'tee-rings' (sorted, as CLS_CLASSES).
+DOWNSTREAM_SHAPES = ('bowtie', 'chevron', 'diamond', 'tee')
+DOWNSTREAM_TEXTURES = ('grid', 'rings', 'zigzag')
+DOWNSTREAM_CLASSES = tuple(f'{shape}-{texture}' for shape in DOWNSTREAM_SHAPES
+                           for texture in DOWNSTREAM_TEXTURES)
+# Labels in their order around the hue circle: the j-th has shape j mod 4 and
+# texture j mod 3, so neighbouring hues differ in both outline and texture.
+DOWNSTREAM_HUE_ORDER = tuple(
+    DOWNSTREAM_CLASSES.index(
+        f'{DOWNSTREAM_SHAPES[j % len(DOWNSTREAM_SHAPES)]}-'
+        f'{DOWNSTREAM_TEXTURES[j % len(DOWNSTREAM_TEXTURES)]}')
+    for j in range(len(DOWNSTREAM_CLASSES)))
 SPLITS = ('train', 'val')
 SEG_SPLIT_DIRS = dict(train='training', val='validation')
-_TASK_IDS = dict(cls=0, det=1, seg=2)
+# Random streams of sample_rng; 'downstream' draws the downstream set's images.
+_TASK_IDS = dict(cls=0, det=1, seg=2, downstream=3)
 
 
 def _regular(n: int, inner: Optional[float] = None) -> np.ndarray:
@@ -108,6 +134,24 @@ def _heart() -> np.ndarray:
     return np.stack([16 * np.sin(t)**3, -y], 1)
 
 
+def _bowtie(waist: float = 0.15, height: float = 0.7) -> np.ndarray:
+    """Two triangles along x meeting at a waist of half-height ``waist``."""
+    half = np.array([(-1, height), (0, waist), (1, height)])
+    return np.concatenate([half * (1, -1), half[::-1]])
+
+
+def _chevron(thickness: float = 0.6) -> np.ndarray:
+    """A V of arms ``thickness`` thick (along y)."""
+    inner = np.array([(-1, -0.6), (0, 0.4), (1, -0.6)])
+    return np.concatenate([inner, inner[::-1] + (0, thickness)])
+
+
+def _tee(bar: float = 0.45, stem: float = 0.22) -> np.ndarray:
+    """A T: a bar ``bar`` high on a stem of half-width ``stem``."""
+    return np.array([(-1, -1), (1, -1), (1, bar - 1), (stem, bar - 1),
+                     (stem, 1), (-stem, 1), (-stem, bar - 1), (-1, bar - 1)])
+
+
 def _normalise(points: np.ndarray) -> np.ndarray:
     """Centre a polygon on its box and scale its farthest vertex to 1."""
     points = points - (points.max(0) + points.min(0)) / 2
@@ -129,6 +173,10 @@ SHAPES = {
         heart=_heart(),
         arrow=_arrow(),
         stick=np.array([(-1, -1), (1, -1), (1, 1), (-1, 1)]) * (1, 0.06),
+        bowtie=_bowtie(),
+        chevron=_chevron(),
+        diamond=_regular(4) * (1, 0.55),
+        tee=_tee(),
     ).items()
 }
 
@@ -219,6 +267,16 @@ def _pattern(rng: np.random.Generator, kind: str, size: int) -> np.ndarray:
     elif kind == 'waves':
         wobble = rng.uniform(0.3, 1) * np.sin(v / rng.uniform(3, 6))
         weight = np.sin(2 * np.pi * (u / period + wobble)) > 0
+    elif kind == 'grid':  # thin lines both ways
+        width = rng.uniform(0.2, 0.35) * period
+        weight = (u % period < width) | (v % period < width)
+    elif kind == 'rings':  # concentric about a point of the central half
+        centre = rng.uniform(0.25, 0.75, 2) * size
+        weight = np.hypot(xx - centre[0], yy - centre[1]) / period % 1 < 0.5
+    elif kind == 'zigzag':  # stripes bent by a triangle wave
+        pitch = rng.uniform(4, 8)
+        shift = rng.uniform(0.5, 1) * period * np.abs(v / pitch % 2 - 1)
+        weight = (u + shift) / period % 1 < 0.5
     else:
         raise ValueError(f'unknown texture {kind!r}')
     return weight.astype(np.float64)
@@ -229,6 +287,20 @@ def _texture(rng: np.random.Generator, kind: str, size: int,
     """Float image (size, size, 3) of texture ``kind`` in two ``colours``."""
     weight = _pattern(rng, kind, size)[..., None]
     return colours[0] * (1 - weight) + colours[1] * weight
+
+
+def _downstream_colours(rng: np.random.Generator, label: int) -> np.ndarray:
+    """Two colours (2, 3) of one hue from a band three classes wide around the
+    place of ``DOWNSTREAM_CLASSES[label]`` on the hue circle
+    (``DOWNSTREAM_HUE_ORDER``), the second darker for the texture's contrast."""
+    slot = DOWNSTREAM_HUE_ORDER.index(label)
+    hue = (slot + rng.uniform(-1.5, 1.5)) / len(DOWNSTREAM_CLASSES)
+    saturation, value = rng.uniform(0.55, 1), rng.uniform(0.6, 1)
+    return np.stack([
+        _hsv(hue, saturation, value),
+        _hsv(hue, saturation * rng.uniform(0.6, 1),
+             value * rng.uniform(0.3, 0.6))
+    ])
 
 
 def _paint(rng: np.random.Generator, canvas: np.ndarray, mask: np.ndarray,
@@ -277,6 +349,23 @@ def draw_cls_sample(rng: np.random.Generator,
     polygon = _random_shape(rng, CLS_CLASSES[label], img_size, (0.25, 0.45))[0]
     _paint(rng, canvas, rasterize(polygon, img_size),
            _class_colours(rng, label, len(CLS_CLASSES)))
+    return _finish(rng, canvas)
+
+
+def draw_downstream_sample(rng: np.random.Generator,
+                           label: int,
+                           img_size: int = 64) -> np.ndarray:
+    """One shape of class ``DOWNSTREAM_CLASSES[label]``: its outline filled with
+    its texture in two shades of a hue that narrows the class down to three
+    (:func:`_downstream_colours`), over a random muted background and stick
+    clutter. Returns the RGB image (img_size, img_size, 3)."""
+    shape, texture = DOWNSTREAM_CLASSES[label].split('-')
+    canvas = _background(rng, img_size)
+    _clutter(rng, canvas, ('stick', ), 3, (0.15, 0.4))
+    polygon = _random_shape(rng, shape, img_size, (0.3, 0.45))[0]
+    mask = rasterize(polygon, img_size)
+    canvas[mask] = _texture(rng, texture, img_size,
+                            _downstream_colours(rng, label))[mask]
     return _finish(rng, canvas)
 
 
@@ -472,15 +561,44 @@ def generate_seg(out_dir: str,
     return dict(classes=SEG_CLASSES, train=num_train, val=num_val)
 
 
+def generate_downstream_cls(out_dir: str,
+                            seed: int = 0,
+                            num_train: int = 3000,
+                            num_val: int = 600,
+                            img_size: int = 64,
+                            log: Optional[Callable] = None) -> dict:
+    """Write the downstream set's ``out_dir/cls`` in the layout of
+    :func:`generate_cls`; labels cycle through ``DOWNSTREAM_CLASSES``."""
+    root = Path(out_dir) / 'cls'
+    for split, num in _splits('cls', num_train, num_val, log):
+        lines = []
+        for index in range(num):
+            label = index % len(DOWNSTREAM_CLASSES)
+            name = f'{DOWNSTREAM_CLASSES[label]}/{index:06d}.jpg'
+            image = draw_downstream_sample(
+                sample_rng(seed, 'downstream', split, index), label, img_size)
+            _save(image, root / split / name)
+            lines.append(f'{name} {label}\n')
+        _write_text(''.join(lines), root / 'meta' / f'{split}.txt')
+    return dict(classes=DOWNSTREAM_CLASSES, train=num_train, val=num_val)
+
+
 GENERATORS = dict(cls=generate_cls, det=generate_det, seg=generate_seg)
+#: The sets the tool makes, by ``--dataset``: task -> generator. 'synthetic' is
+#: the joint training set (GENERATORS), 'downstream' a classification set of
+#: classes it never shows, for fine-tuning.
+DATASETS = dict(
+    synthetic=GENERATORS, downstream=dict(cls=generate_downstream_cls))
 
 
 def generate_all(out_dir: str,
                  seed: int = 0,
                  force: bool = False,
                  log: Optional[Callable] = None,
+                 dataset: str = 'synthetic',
                  **options: dict) -> dict:
-    """Generate all tasks under ``out_dir`` and record them in ``meta.json``.
+    """Generate all tasks of a set under ``out_dir`` and record them in
+    ``meta.json``.
 
     Args:
         out_dir (str): Root of the dataset.
@@ -488,6 +606,8 @@ def generate_all(out_dir: str,
         force (bool): Regenerate even if ``meta.json`` records the same
             options. Defaults to False.
         log (callable, optional): Called with one line per split.
+        dataset (str): Which set (a key of ``DATASETS``). Defaults to
+            'synthetic', the joint training set.
         **options: Per-task keyword arguments of the ``generate_*``
             functions, e.g. ``cls=dict(num_train=100), det=dict(img_size=96)``.
 
@@ -495,11 +615,16 @@ def generate_all(out_dir: str,
         dict: The content of ``meta.json``: the resolved ``options`` and a
         ``summary`` (class names and counts) per task.
     """
-    unknown = set(options) - set(GENERATORS)
+    if dataset not in DATASETS:
+        raise ValueError(
+            f'unknown dataset {dataset!r}; choose from {list(DATASETS)}')
+    generators = DATASETS[dataset]
+    unknown = set(options) - set(generators)
     if unknown:
-        raise TypeError(f'unknown tasks {sorted(unknown)}')
+        raise TypeError(
+            f'unknown tasks {sorted(unknown)} of dataset {dataset!r}')
     resolved = dict(version=GENERATOR_VERSION, seed=seed)
-    for task, generate in GENERATORS.items():
+    for task, generate in generators.items():
         bound = inspect.signature(generate).bind(out_dir, seed,
                                                  **options.get(task, {}))
         bound.apply_defaults()
@@ -519,7 +644,7 @@ def generate_all(out_dir: str,
             return meta
     meta_file.unlink(missing_ok=True)
     summary = {}
-    for task, generate in GENERATORS.items():
+    for task, generate in generators.items():
         shutil.rmtree(root / task, ignore_errors=True)
         summary[task] = generate(out_dir, seed, log=log, **resolved[task])
     meta = dict(options=resolved, summary=summary)
@@ -534,20 +659,31 @@ FLAG_NAMES = dict(num_train='train', num_val='val', img_size='size')
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='Generate the synthetic cls/det/seg dataset.')
+        description='Generate the synthetic cls/det/seg dataset, or the '
+        'downstream classification set.')
     parser.add_argument('--out', default='data/synthetic', help='output root')
     parser.add_argument('--seed', type=int, default=0, help='random seed')
-    for task, generate in GENERATORS.items():
-        for key, param in inspect.signature(generate).parameters.items():
-            if key in ('out_dir', 'seed', 'log'):
-                continue
-            name = FLAG_NAMES.get(key, key.replace('_', '-'))
-            parser.add_argument(
-                f'--{task}-{name}',
-                type=int,
-                metavar='N',
-                dest=f'{task}.{key}',
-                help=f'{key} (default: {param.default})')
+    parser.add_argument(
+        '--dataset',
+        default='synthetic',
+        choices=list(DATASETS),
+        help='which set: the joint training set (default) or the downstream '
+        'one')
+    defaults = {}  # (task, keyword) -> default of each set that has it
+    for dataset, generators in DATASETS.items():
+        for task, generate in generators.items():
+            for key, param in inspect.signature(generate).parameters.items():
+                if key not in ('out_dir', 'seed', 'log'):
+                    defaults.setdefault((task, key), []).append(
+                        f'{param.default} ({dataset})')
+    for (task, key), values in defaults.items():
+        name = FLAG_NAMES.get(key, key.replace('_', '-'))
+        parser.add_argument(
+            f'--{task}-{name}',
+            type=int,
+            metavar='N',
+            dest=f'{task}.{key}',
+            help=f"{key} (default: {', '.join(values)})")
     parser.add_argument(
         '--force',
         action='store_true',
@@ -557,13 +693,18 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    options = {task: {} for task in GENERATORS}
+    options = {task: {} for task in DATASETS[args.dataset]}
     for dest, value in vars(args).items():
         if '.' in dest and value is not None:
             task, key = dest.split('.')
+            if task not in options:
+                raise SystemExit(
+                    f'--dataset {args.dataset} has no task {task!r} '
+                    f'(its tasks: {list(options)})')
             options[task][key] = value
     meta = generate_all(
-        args.out, seed=args.seed, force=args.force, log=print, **options)
+        args.out, seed=args.seed, force=args.force, log=print,
+        dataset=args.dataset, **options)
     for task, summary in meta['summary'].items():
         print(f"{task}: {summary['train']} train / {summary['val']} val, "
               f"{meta['options'][task]['img_size']} px, "

@@ -200,15 +200,21 @@ def _analysis_state(model: nn.Module, task: Optional[str],
                     data_samples: Optional[list]) -> Iterator[None]:
     """``model`` in eval mode, without grad, running ``task`` through
     :func:`_traced_forward` as its forward (as mmdet's get_flops patches it); its
-    task, mode and expert usage statistics are restored afterwards."""
+    task, mode, ``requires_grad`` flags and expert usage statistics are restored
+    afterwards. No parameter requires grad during the trace: the tracer takes the
+    parameters from the state dict, where a split expert stack (some experts
+    training, :func:`~mod_squad.moe.train_experts`) is one stock tensor, and refuses
+    its trainable rows as constants requiring grad."""
     usage = {name: [b.clone() for b in m.buffers()]
              for name, m in expert_usage_modules(model).items()}
+    requires_grad = [(p, p.requires_grad) for p in model.parameters()]
     backbone = mod_squad_backbone(model)
     single_task = backbone is not None and not isinstance(model, ModSquadMultiTaskModel)
     previous_task = backbone.task if single_task else None
     training = model.training
     model.forward = _traced_forward(model, task, data_samples)
     model.eval()
+    model.requires_grad_(False)
     if single_task:
         backbone.set_task(task)
     try:
@@ -217,6 +223,8 @@ def _analysis_state(model: nn.Module, task: Optional[str],
     finally:
         del model.forward
         model.train(training)
+        for param, flag in requires_grad:
+            param.requires_grad_(flag)
         if single_task:
             backbone.set_task(previous_task)
         for name, m in expert_usage_modules(model).items():

@@ -69,7 +69,9 @@ def grow_layer_state(state: Dict[str, torch.Tensor], layer: RoutedLayer,
     Returns:
         dict: A copy of ``state`` with the stacks ``(E + M, ...)`` and the
         auxiliary-loss buffers grown to ``(T, E + M)`` (the old tasks' rows by name,
-        the new task's zero); other tensors unchanged.
+        the new task's zero) where ``layer`` has them too; other tensors unchanged
+        (a layer without the loss leaves them unexpected keys, as loading them into
+        an ungrown layer without it does).
     """
     own = layer.state_dict()
     out = dict(state)
@@ -86,7 +88,7 @@ def grow_layer_state(state: Dict[str, torch.Tensor], layer: RoutedLayer,
     rows = [layer.task_names.index(task) for task in old_tasks]
     for name in AUX_BUFFERS:
         key = f'aux_loss.{name}'
-        if key in state:
+        if key in state and key in own:
             grown = torch.zeros_like(own[key])
             old = state[key]
             if grown.dim() == 2:
