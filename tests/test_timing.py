@@ -44,7 +44,7 @@ def test_saved_activations_count_each_storage_once_without_leaves():
     x = torch.randn(1024, 256, requires_grad=True)  # the input: not counted
 
     def step():
-        h = x @ weight  # saves x and weight (leaves)
+        h = x @ weight.t()  # saves x and a view of weight (leaves)
         y = h.relu()  # saves its output, 1 MiB
         (y * y).sum().backward()  # mul saves y twice: the same storage
 

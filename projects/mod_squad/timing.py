@@ -89,12 +89,13 @@ def peak_memory_mib(step: Step, device: torch.device) -> float:
 def saved_activations_mib(step: Step) -> float:
     """MiB that autograd keeps for backward while ``step`` runs its forward: the
     storages of the saved tensors, each once, leaves that require grad (parameters,
-    the input) not counted. The activation memory of training, and, unlike the peak,
+    the input) and views of them not counted. The activation memory of training, and, unlike the peak,
     the same on every machine and run."""
     storages = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        if not (tensor.is_leaf and tensor.requires_grad):
+        base = tensor if tensor._base is None else tensor._base
+        if not (base.is_leaf and base.requires_grad):
             storage = tensor.untyped_storage()
             storages[storage.data_ptr()] = storage.nbytes()
         return tensor
