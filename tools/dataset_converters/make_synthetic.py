@@ -42,7 +42,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pycocotools.mask as mask_utils
@@ -475,27 +475,36 @@ def _coco_annotation(instance: dict, ann_id: int, image_id: int) -> dict:
         iscrowd=0)
 
 
+def _generate_classification(out_dir: str, classes: Sequence[str], draw: Callable,
+                             stream: str, seed: int, num_train: int, num_val: int,
+                             img_size: int, log: Optional[Callable]) -> dict:
+    """Write ``out_dir/cls`` in mmpretrain's ImageNet layout: class folders
+    ``{split}/<class>/<index>.jpg`` and ``meta/{split}.txt`` lines
+    ``<class>/<index>.jpg <label>``. Labels cycle through ``classes``; image
+    ``index`` is ``draw(sample_rng(seed, stream, split, index), label, img_size)``."""
+    root = Path(out_dir) / 'cls'
+    for split, num in _splits('cls', num_train, num_val, log):
+        lines = []
+        for index in range(num):
+            label = index % len(classes)
+            name = f'{classes[label]}/{index:06d}.jpg'
+            image = draw(sample_rng(seed, stream, split, index), label, img_size)
+            _save(image, root / split / name)
+            lines.append(f'{name} {label}\n')
+        _write_text(''.join(lines), root / 'meta' / f'{split}.txt')
+    return dict(classes=classes, train=num_train, val=num_val)
+
+
 def generate_cls(out_dir: str,
                  seed: int = 0,
                  num_train: int = 3000,
                  num_val: int = 200,
                  img_size: int = 64,
                  log: Optional[Callable] = None) -> dict:
-    """Write ``out_dir/cls`` in mmpretrain's ImageNet layout: class folders
-    ``{split}/<class>/<index>.jpg`` and ``meta/{split}.txt`` lines
-    ``<class>/<index>.jpg <label>``. Labels cycle through ``CLS_CLASSES``."""
-    root = Path(out_dir) / 'cls'
-    for split, num in _splits('cls', num_train, num_val, log):
-        lines = []
-        for index in range(num):
-            label = index % len(CLS_CLASSES)
-            name = f'{CLS_CLASSES[label]}/{index:06d}.jpg'
-            image = draw_cls_sample(
-                sample_rng(seed, 'cls', split, index), label, img_size)
-            _save(image, root / split / name)
-            lines.append(f'{name} {label}\n')
-        _write_text(''.join(lines), root / 'meta' / f'{split}.txt')
-    return dict(classes=CLS_CLASSES, train=num_train, val=num_val)
+    """The joint set's classification: ``CLS_CLASSES`` (:func:`draw_cls_sample`) in
+    the layout of :func:`_generate_classification`."""
+    return _generate_classification(out_dir, CLS_CLASSES, draw_cls_sample, 'cls', seed,
+                                    num_train, num_val, img_size, log)
 
 
 def generate_det(out_dir: str,
@@ -567,20 +576,11 @@ def generate_downstream_cls(out_dir: str,
                             num_val: int = 600,
                             img_size: int = 64,
                             log: Optional[Callable] = None) -> dict:
-    """Write the downstream set's ``out_dir/cls`` in the layout of
-    :func:`generate_cls`; labels cycle through ``DOWNSTREAM_CLASSES``."""
-    root = Path(out_dir) / 'cls'
-    for split, num in _splits('cls', num_train, num_val, log):
-        lines = []
-        for index in range(num):
-            label = index % len(DOWNSTREAM_CLASSES)
-            name = f'{DOWNSTREAM_CLASSES[label]}/{index:06d}.jpg'
-            image = draw_downstream_sample(
-                sample_rng(seed, 'downstream', split, index), label, img_size)
-            _save(image, root / split / name)
-            lines.append(f'{name} {label}\n')
-        _write_text(''.join(lines), root / 'meta' / f'{split}.txt')
-    return dict(classes=DOWNSTREAM_CLASSES, train=num_train, val=num_val)
+    """The downstream set: ``DOWNSTREAM_CLASSES`` (:func:`draw_downstream_sample`) in
+    the layout of :func:`_generate_classification`."""
+    return _generate_classification(out_dir, DOWNSTREAM_CLASSES, draw_downstream_sample,
+                                    'downstream', seed, num_train, num_val, img_size,
+                                    log)
 
 
 GENERATORS = dict(cls=generate_cls, det=generate_det, seg=generate_seg)
