@@ -107,7 +107,8 @@ def grouped_linear(x: torch.Tensor,
     if gather:
         x = dispatch.gather(x)
     if scale is not None and bias is None:
-        # a row scale commutes with a linear map: scale the narrower side
+        # a row scale commutes with a bias-free linear map: scale its input (in a MoA
+        # the hd-wide head outputs rather than the C-wide projections)
         x, scale = x * scale.to(x.dtype), None
     path = _grouped_mm_linear if impl == 'grouped_mm' else _loop_linear
     y = path(x, weight, bias, dispatch)
