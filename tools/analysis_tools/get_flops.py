@@ -71,9 +71,7 @@ def main(argv=None):
     results = []
     split_line = '=' * 30
     for task in args.task or complexity.model_tasks(model):
-        data = complexity.dummy_batch(model, task, shape)
-        result = complexity.analyze_complexity(model, data['inputs'], task,
-                                               data['data_samples'])
+        result = complexity.analyze_dummy_image(model, task, shape)
         results.append(result)
         if args.show_table:
             print(complexity_stats_table(result.analyzer, max_depth=args.max_depth))

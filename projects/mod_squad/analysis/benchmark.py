@@ -43,8 +43,8 @@ from mod_squad.engine.launch import read_config
 from mod_squad.models import ModSquadMultiTaskModel
 from mod_squad.timing import peak_memory_mib, time_interleaved
 from .builder import build_model
-from .complexity import (analyze_complexity, count_parameters, data_sample_type,
-                         drop_auxiliary_heads, dummy_batch, model_tasks, task_branch)
+from .complexity import (analyze_dummy_image, count_parameters, data_sample_type,
+                         drop_auxiliary_heads, model_tasks, task_branch)
 
 #: (H, W) per kind of task: the toolboxes' standard inputs, and smaller ones for CPU.
 STANDARD_SIZES = dict(cls=(224, 224), det=(800, 1333), seg=(512, 512))
@@ -298,10 +298,9 @@ def _complexity(units: List[Unit], settings: BenchmarkSettings,
         return out
     total = active = 0
     for unit in units:
-        data = dummy_batch(unit.model, unit.task, settings.sizes[unit.kind])
         try:
-            result = analyze_complexity(unit.model, data['inputs'], unit.task,
-                                        data['data_samples'])
+            result = analyze_dummy_image(unit.model, unit.task,
+                                         settings.sizes[unit.kind])
         except Exception as e:  # report the trace's failure as n/a
             notes.append(f'FLOPs n/a for task {unit.task or unit.kind}: '
                          f'{type(e).__name__}: {e}')

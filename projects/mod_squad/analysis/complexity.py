@@ -316,6 +316,14 @@ def dummy_batch(model: nn.Module, task: Optional[str],
     return dict(inputs=data['inputs'], data_samples=data['data_samples'])
 
 
+def analyze_dummy_image(model: nn.Module, task: Optional[str],
+                        shape: Sequence[int]) -> Complexity:
+    """:func:`analyze_complexity` of ``task`` on one :func:`dummy_batch` image of
+    ``shape`` (H, W), what ``get_flops.py`` reports."""
+    data = dummy_batch(model, task, shape)
+    return analyze_complexity(model, data['inputs'], task, data['data_samples'])
+
+
 def default_shape(model: nn.Module) -> Tuple[int, int]:
     """(H, W) its ModSquadViT was built for (``img_size``), else 224 x 224 (the
     default of mmpretrain's get_flops)."""

@@ -108,10 +108,8 @@ def deployed_cost(config: str) -> Cost:
     The weights do not matter: active FLOPs depend on the input's shape only."""
     model = complexity.drop_auxiliary_heads(build_model(Config.fromfile(config)))
     task = complexity.model_tasks(model)[0]
-    shape = complexity.default_shape(model)
-    data = complexity.dummy_batch(model, task, shape)
-    result = complexity.analyze_complexity(model, data['inputs'], task,
-                                           data['data_samples'])
+    result = complexity.analyze_dummy_image(model, task,
+                                            complexity.default_shape(model))
     return Cost(task, result.params.task, result.flops, tuple(result.input_shape[-2:]))
 
 
